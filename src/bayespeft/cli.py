@@ -1,0 +1,196 @@
+"""The ``bayespeft`` command line: train and evaluate, from a YAML config plus flags.
+
+Flags map onto dotted config keys; the BLoB reference repository's flag names are accepted
+too (``--modelwrapper``, ``--bayes-beta``, ``--bayes-eval-n-samples``, ...). Any key can be
+set with a positional ``section.key=value`` override.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import BayesPeftError, ConfigError
+
+# (flags, dotted key, type, help); a flag value is written into the config at that key.
+VALUE_FLAGS: list[tuple[tuple[str, ...], str, type, str]] = [
+    (
+        ("--model", "--model-name"),
+        "model.name",
+        str,
+        "short name (smollm2-135m, minilm-l6), hub id or folder",
+    ),
+    (("--precision",), "model.precision", str, "fp32, bf16 or bf16-autocast"),
+    (("--lora-r",), "model.lora.r", int, "LoRA rank"),
+    (("--lora-alpha",), "model.lora.alpha", float, "LoRA alpha (scaling alpha / r)"),
+    (("--lora-dropout",), "model.lora.dropout", float, "LoRA dropout"),
+    (("--lora-targets",), "model.lora.target_modules", str, "comma-separated module names"),
+    (("--method", "--modelwrapper"), "method.name", str, "mle, map, blob, blob_laplace"),
+    (("--bayes-beta", "--beta"), "method.beta", float, "prior std (blob)"),
+    (("--bayes-eps", "--eps"), "method.eps", float, "rho initialisation scale (blob)"),
+    (("--bayes-gamma", "--gamma"), "method.gamma", float, "KL period exponent (blob)"),
+    (("--bayes-kllr", "--kl-lr"), "method.kl_lr", float, "SGD lr of the KL step (blob)"),
+    (("--kl-schedule",), "method.kl_schedule", str, "cyclic or uniform (blob)"),
+    (("--kl-period",), "method.kl_period", str, "dataset_rescaled or epoch (blob)"),
+    (("--blob-optimization",), "method.optimization", str, "split or elbo (blob)"),
+    (("--dataset",), "data.dataset", str, "dataset name, e.g. arc_easy, obqa, mmlu:chem"),
+    (("--data-dir",), "data.data_dir", str, "folder in the layout of shared/data (default: the hub)"),
+    (("--train-split",), "data.train_split", str, "train, validation or test"),
+    (("--eval-split",), "data.eval_split", str, "train, validation or test"),
+    (("--max-train-examples",), "data.max_train_examples", int, "use the first N training examples"),
+    (("--max-eval-examples",), "data.max_eval_examples", int, "use the first N evaluation examples"),
+    (("--max-seq-len", "--max-length"), "data.max_length", int, "token limit per prompt"),
+    (("--lr",), "train.lr", float, "AdamW learning rate"),
+    (("--batch-size",), "train.batch_size", int, "per-process training batch size"),
+    (("--max-steps", "--max-train-steps"), "train.max_steps", int, "optimisation steps"),
+    (("--warmup-ratio",), "train.warmup_ratio", float, "linear warm-up fraction"),
+    (("--adam-epsilon",), "train.adam_eps", float, "AdamW epsilon"),
+    (("--opt-wd", "--weight-decay"), "train.weight_decay", float, "AdamW weight decay"),
+    (("--seed",), "train.seed", int, "random seed"),
+    (("--checkpoint-every",), "train.checkpoint_every", int, "steps between resumable checkpoints"),
+    (
+        ("--n-samples", "--bayes-eval-n-samples", "--bayes-eval-n-samples-final"),
+        "eval.n_samples",
+        int,
+        "posterior samples at evaluation (0 = posterior mean)",
+    ),
+    (("--eval-batch-size",), "eval.batch_size", int, "evaluation batch size"),
+    (("--samples-per-pass",), "eval.samples_per_pass", int, "posterior draws stacked in one forward pass"),
+    (("--n-bins",), "eval.n_bins", int, "calibration bins for ECE"),
+]
+# Reference on/off switches: flag -> (dotted key, value when given).
+SWITCH_FLAGS: dict[str, tuple[str, Any]] = {
+    "--bayes-inference-notsample": ("eval.n_samples", 0),
+    "--bayes-klreweighting": ("method.kl_schedule", "cyclic"),
+    "--bayes-datasetrescaling": ("method.kl_period", "dataset_rescaled"),
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", type=Path, help="YAML config file")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. method.beta=0.1")
+    group = parser.add_argument_group("config shortcuts")
+    for flags, key, kind, text in VALUE_FLAGS:
+        group.add_argument(*flags, dest=key, type=kind, default=None, help=f"{text} [{key}]")
+    for flag, (key, value) in SWITCH_FLAGS.items():
+        group.add_argument(flag, dest=f"switch:{flag}", action="store_true", help=f"sets {key}={value}")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """Positional overrides first, then flags (flags win), as dotted key=value strings."""
+    items = list(args.overrides)
+    for _flags, key, _kind, _ in VALUE_FLAGS:
+        value = getattr(args, key)
+        if value is not None:
+            items.append(f"{key}={_yaml_value(key, value)}")
+    for flag, (key, value) in SWITCH_FLAGS.items():
+        if getattr(args, f"switch:{flag}"):
+            items.append(f"{key}={value}")
+    return items
+
+
+def _yaml_value(key: str, value: Any) -> str:
+    if key == "model.lora.target_modules":
+        return "[" + ",".join(v.strip() for v in str(value).split(",")) + "]"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="bayespeft", description="Bayesian parameter-efficient fine-tuning.")
+    parser.add_argument("--version", action="version", version=f"bayespeft {__version__}")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="fine-tune, then evaluate and write a calibration report")
+    train.add_argument("--output-dir", "-o", type=Path, required=True, help="run directory")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
+    _add_config_flags(train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a trained run (or adapter) on any dataset")
+    evaluate.add_argument("--run-dir", type=Path, required=True, help="a finished training run")
+    evaluate.add_argument("--name", help="results folder under <run-dir>/eval (default: dataset_split_nN)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace earlier results of the same name")
+    _add_config_flags(evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "train":
+            return _train(args)
+        return _evaluate(args)
+    except BayesPeftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training import Trainer
+
+    config = load_config(args.config, _overrides(args))
+    trainer = Trainer(config, args.output_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    payload = trainer.run_training()
+    _print_scores(payload, trainer.run.root)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import write_json_atomic
+    from .config import load_config
+    from .evaluation import evaluate
+    from .rundir import RunDir
+    from .training import build_session, load_examples, run_summary
+
+    run = RunDir(args.run_dir)
+    run.require_trained()
+    if args.config is not None:
+        raise ConfigError("--config: evaluate uses the run's own config.yaml; change it with overrides")
+    config = load_config(run.config, _overrides(args))
+    name = args.name or f"{config.data.dataset.replace(':', '-')}_{config.data.eval_split}_n{config.eval.n_samples}"
+    out = run.eval_dir(name)
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out}: results exist; pass --overwrite or choose another --name")
+    examples = load_examples(config, config.data.eval_split, config.data.max_eval_examples)
+    session = build_session(config)
+    session.method.load_adapter(session.model, run.adapter)
+    title = f"{config.method.name} on {config.data.dataset} ({config.data.eval_split}), N={config.eval.n_samples}"
+    scores = evaluate(
+        session.model,
+        session.method,
+        session.task,
+        examples,
+        config.eval,
+        session.accelerator,
+        output_dir=out,
+        title=title,
+        progress=not args.quiet,
+    )
+    payload = run_summary(config, scores, examples, config.data.eval_split)
+    if session.accelerator.is_main_process:
+        write_json_atomic(out / "metrics.json", payload)
+    _print_scores(payload, out)
+    return 0
+
+
+def _print_scores(payload: dict[str, Any], where: Path) -> None:
+    m = payload["metrics"]
+    print(
+        f"{payload['method']} on {payload['dataset']} ({payload['split']}, N={payload['n_samples']}): "
+        f"ACC {m['acc']:.4f}  ECE {m['ece']:.4f}  NLL {m['nll']:.4f}  Brier {m['brier']:.4f}  "
+        f"entropy {m['entropy']:.4f}  MI {m['mutual_information']:.4f}  -> {where}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Run configuration: dataclasses, YAML loading, dotted overrides and validation.
+
+A run is described by one :class:`RunConfig`. It is built from a YAML file, then dotted
+overrides (``method.beta=0.1``), then CLI flags, validated field by field (errors name the
+field), and saved resolved in the run directory so the run can be reproduced or resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .enums import ModelKind, Precision
+from .errors import ConfigError
+
+
+@dataclass
+class MethodConfig:
+    """Base of the per-method configs; ``name`` is the registry key of the method."""
+
+    name: typing.ClassVar[str] = ""
+
+    def validate(self) -> None:
+        """Raise ConfigError for invalid values (field names as ``method.<field>``)."""
+
+
+@dataclass
+class LoraSettings:
+    """LoRA shape shared by every method: rank, scaling alpha, dropout and target modules."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None  # None: the backbone's default targets
+
+    def validate(self) -> None:
+        _require(self.r >= 1, "model.lora.r", f"must be >= 1 (got {self.r})")
+        _require(self.alpha > 0, "model.lora.alpha", f"must be > 0 (got {self.alpha})")
+        _require(0.0 <= self.dropout < 1.0, "model.lora.dropout", f"must be in [0, 1) (got {self.dropout})")
+        if self.target_modules is not None:
+            _require(len(self.target_modules) > 0, "model.lora.target_modules", "must not be empty")
+
+
+@dataclass
+class ModelConfig:
+    """Backbone: a short name (offline defaults), a hub id or a local path."""
+
+    name: str = "smollm2-135m"
+    kind: str | None = None  # causal_lm | seq_cls; None: inferred from the name / config
+    precision: str = Precision.FP32.value
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    cache_dir: str | None = None  # where converted offline models are cached
+    revision: str | None = None
+
+    def validate(self) -> None:
+        _require(bool(self.name), "model.name", "must not be empty")
+        if self.kind is not None:
+            self.kind = ModelKind.parse(self.kind, "model.kind").value
+        self.precision = Precision.parse(self.precision, "model.precision").value
+        self.lora.validate()
+
+
+@dataclass
+class DataConfig:
+    """Dataset, splits and sizes."""
+
+    dataset: str = "arc_easy"
+    data_dir: str | None = None  # folder in the layout of shared/data; None: the Hugging Face hub
+    train_split: str = "train"
+    eval_split: str = "validation"
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    max_length: int = 300
+
+    def validate(self) -> None:
+        _require(self.max_length >= 8, "data.max_length", f"must be >= 8 (got {self.max_length})")
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"data.{name}", f"must be >= 1 or null (got {value})")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation shared by all methods (method-specific knobs live in the method config)."""
+
+    lr: float = 1e-4
+    batch_size: int = 4
+    max_steps: int = 200
+    warmup_ratio: float = 0.06
+    adam_eps: float = 1e-6
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+    seed: int = 1
+    shuffle: bool = True
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+
+    def validate(self) -> None:
+        _require(self.lr > 0, "train.lr", f"must be > 0 (got {self.lr})")
+        _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1 (got {self.batch_size})")
+        _require(self.max_steps >= 0, "train.max_steps", f"must be >= 0 (got {self.max_steps})")
+        _require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1) (got {self.warmup_ratio})")
+        _require(self.adam_eps > 0, "train.adam_eps", f"must be > 0 (got {self.adam_eps})")
+        _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0 (got {self.weight_decay})")
+        _require(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            "train.max_grad_norm",
+            f"must be > 0 or null (got {self.max_grad_norm})",
+        )
+        _require(
+            self.checkpoint_every >= 1,
+            "train.checkpoint_every",
+            f"must be >= 1 (got {self.checkpoint_every})",
+        )
+        _require(
+            self.keep_checkpoints >= 1,
+            "train.keep_checkpoints",
+            f"must be >= 1 (got {self.keep_checkpoints})",
+        )
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: posterior samples N (0 = posterior mean), batching and calibration bins."""
+
+    n_samples: int = 10
+    batch_size: int = 8
+    samples_per_pass: int = 10  # posterior draws stacked into one forward pass (memory vs speed)
+    n_bins: int = 15
+    seed: int = 0
+
+    def validate(self) -> None:
+        _require(self.n_samples >= 0, "eval.n_samples", f"must be >= 0 (got {self.n_samples}); 0 = posterior mean")
+        _require(self.batch_size >= 1, "eval.batch_size", f"must be >= 1 (got {self.batch_size})")
+        _require(self.samples_per_pass >= 1, "eval.samples_per_pass", f"must be >= 1 (got {self.samples_per_pass})")
+        _require(self.n_bins >= 1, "eval.n_bins", f"must be >= 1 (got {self.n_bins})")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved resolved as ``config.yaml`` in the run directory."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> RunConfig:
+        for part in (self.model, self.method, self.data, self.train, self.eval):
+            part.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: _to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out["method"] = {"name": self.method.name, **out["method"]}
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
+        """Build from nested plain data, rejecting unknown keys and wrong types by dotted name."""
+        from .methods import method_config_class
+
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping at the top level")
+        raw = dict(raw)
+        method_raw = dict(raw.pop("method", None) or {})
+        method_name = method_raw.pop("name", "blob")
+        config = _build(cls, raw, "", source, skip={"method"})
+        config.method = _build(method_config_class(str(method_name)), method_raw, "method.", source)
+        return config
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or start from defaults) and apply ``a.b=value`` overrides."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return RunConfig.from_dict(raw, source).validate()
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``raw[a][b] = value`` from ``"a.b=value"``; the value is parsed as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. method.beta=0.1")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from .checkpoint import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _require(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} {message}")
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, source: str, skip: set[str] = frozenset()) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known - skip)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {prefix}{unknown[0]} (known under {prefix or 'top level'}: {', '.join(sorted(known))})"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        if name in skip:
+            continue
+        kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}", source)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
+    """Check ``value`` against the field's type hint; ints are accepted for floats."""
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value or {}, f"{name}.", source)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name, source)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {name} must be a list (got {value!r})")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, name, source) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {name} must be true or false (got {value!r})")
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    if hint is str and isinstance(value, int | float):
+        return str(value)
+    raise ConfigError(f"{source}: {name} must be of type {getattr(hint, '__name__', hint)} (got {value!r})")

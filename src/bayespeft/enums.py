@@ -1,0 +1,93 @@
+"""String-valued options, so configs and CLI flags take plain words."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class StrEnum(str, Enum):
+    """A str Enum whose members compare equal to, and print as, their values."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: str | StrEnum, field: str) -> StrEnum:
+        """Return the member named ``value`` or raise a ConfigError naming ``field``."""
+        from .errors import ConfigError
+
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            allowed = ", ".join(m.value for m in cls)
+            raise ConfigError(f"{field}: unknown value {value!r} (choose one of: {allowed})") from None
+
+
+class KLSchedule(StrEnum):
+    """How the KL term is weighted per optimisation step.
+
+    - ``cyclic``: the BLoB reference schedule pi_k = 2^k / (2^(M+1) - 1), k = step mod M
+      (k = M at the end of a cycle): the KL is applied once per period M, mostly at its end.
+    - ``uniform``: pi = 1/M at every step (the textbook minibatch ELBO when M = batches per epoch).
+    """
+
+    CYCLIC = "cyclic"
+    UNIFORM = "uniform"
+
+
+class KLPeriod(StrEnum):
+    """How the KL period M (in optimisation steps) is chosen.
+
+    - ``epoch``: M = batches per epoch per process.
+    - ``dataset_rescaled``: the reference's M = floor(100 * N^(pi/gamma) / processes / batch).
+    """
+
+    EPOCH = "epoch"
+    DATASET_RESCALED = "dataset_rescaled"
+
+
+class BlobOptimization(StrEnum):
+    """How BLoB's two loss terms are optimised.
+
+    - ``split``: the reference: AdamW on the NLL for A and B, then a plain SGD step at ``kl_lr``
+      on pi * KL that moves A and the std parameters rho (rho also carries its NLL gradient).
+    - ``elbo``: one AdamW on NLL + pi * KL over A, B and rho.
+    """
+
+    SPLIT = "split"
+    ELBO = "elbo"
+
+
+class StdParameterization(StrEnum):
+    """How the posterior std G is computed from the free parameter rho.
+
+    - ``square``: G = rho^2 (the reference default, chosen by eps >= 0).
+    - ``softplus``: G = log(1 + exp(rho)) (the reference's choice for eps < 0).
+    """
+
+    SQUARE = "square"
+    SOFTPLUS = "softplus"
+
+
+class Precision(StrEnum):
+    """Numeric precision of training and evaluation.
+
+    - ``fp32``: everything in float32.
+    - ``bf16``: backbone weights stored in bfloat16, adapters kept in float32.
+    - ``bf16-autocast``: float32 weights, matrix products under bfloat16 autocast.
+    """
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    BF16_AUTOCAST = "bf16-autocast"
+
+
+class ModelKind(StrEnum):
+    """Which head the backbone carries.
+
+    - ``causal_lm``: a decoder LM, scored from next-token logits (multiple choice by letter).
+    - ``seq_cls``: an encoder with a sequence-classification head.
+    """
+
+    CAUSAL_LM = "causal_lm"
+    SEQ_CLS = "seq_cls"

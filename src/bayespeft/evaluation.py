@@ -1,0 +1,102 @@
+"""Evaluation: posterior samples per example, the shared predictive rule, metrics and files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import write_text_atomic
+from .config import EvalConfig
+from .data.multiple_choice import MCExample
+from .methods import Method
+from .metrics import UncertaintyMetrics
+from .predictive import sample_probabilities
+from .tasks.multiple_choice import EncodedExample, MultipleChoiceTask
+
+
+def effective_samples(method: Method, n_samples: int) -> int:
+    """How many forward passes an evaluation needs: 1 for the mean or a deterministic method."""
+    return 1 if n_samples == 0 or not method.stochastic else n_samples
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    method: Method,
+    task: MultipleChoiceTask,
+    encoded: Sequence[EncodedExample],
+    config: EvalConfig,
+    accelerator: Accelerator,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample class probabilities [N, S, C] and labels [N], in dataset order.
+
+    N = 0 (or a deterministic method) is one pass with sampling off. Otherwise up to
+    ``samples_per_pass`` posterior draws are stacked along the batch, each stack row group
+    with its own weight sample, so N draws cost N / samples_per_pass forward calls.
+    Each process takes every P-th example; results are gathered and re-ordered.
+    """
+    model.eval()
+    n_draws = effective_samples(method, config.n_samples)
+    sampling = config.n_samples > 0 and method.stochastic
+    shard = list(encoded)[accelerator.process_index :: accelerator.num_processes]
+    rows: list[tuple[int, torch.Tensor, int]] = []
+    batches = [shard[i : i + config.batch_size] for i in range(0, len(shard), config.batch_size)]
+    bar = tqdm(batches, desc="evaluate", unit="batch", disable=not (progress and accelerator.is_main_process))
+    with method.sampling(enabled=sampling, seed=config.seed + accelerator.process_index):
+        for items in bar:
+            batch = {k: v.to(accelerator.device) for k, v in task.collate(items).items()}
+            draws = []
+            remaining = n_draws
+            while remaining:
+                stack = min(remaining, config.samples_per_pass) if sampling else 1
+                with method.sampling(enabled=sampling, groups=stack), accelerator.autocast():
+                    logits = task.class_logits(model, batch, repeats=stack)
+                draws.append(sample_probabilities(logits).view(stack, len(items), -1))
+                remaining -= stack
+            probs = torch.cat(draws).transpose(0, 1).cpu()  # [B, S, C]
+            rows.extend((it.index, probs[i], it.label) for i, it in enumerate(items))
+    if accelerator.num_processes > 1:
+        rows = [row for part in accelerator.gather_object([rows]) for row in part]
+    rows.sort(key=lambda r: r[0])
+    return torch.stack([r[1] for r in rows]), torch.tensor([r[2] for r in rows])
+
+
+def evaluate(
+    model: nn.Module,
+    method: Method,
+    task: MultipleChoiceTask,
+    examples: Sequence[MCExample],
+    config: EvalConfig,
+    accelerator: Accelerator,
+    output_dir: Path | None = None,
+    title: str = "",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Score ``examples``; on the main process write metrics.json, predictions.jsonl and the diagram."""
+    encoded = task.encode(examples)
+    sample_probs, labels = predict(model, method, task, encoded, config, accelerator, progress)
+    metrics = UncertaintyMetrics(n_bins=config.n_bins)
+    metrics.update(sample_probs, labels)
+    scores = metrics.compute()
+    if output_dir is not None and accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_predictions(output_dir / "predictions.jsonl", examples, metrics.per_example())
+        metrics.plot_reliability(output_dir / "reliability.png", title=title or None)
+    return scores
+
+
+def write_predictions(path: Path, examples: Sequence[MCExample], records: Sequence[dict[str, Any]]) -> None:
+    """One JSON line per example: id, gold label, prediction, probabilities and uncertainty."""
+    lines = [
+        json.dumps({"id": example.uid, "dataset": example.dataset, **record})
+        for example, record in zip(examples, records, strict=True)
+    ]
+    write_text_atomic(path, "\n".join(lines) + "\n")

@@ -1,0 +1,37 @@
+"""Methods: one interface, each a small class registered by name (see :mod:`.base`)."""
+
+from .base import (
+    Method,
+    Optimization,
+    SamplingState,
+    TrainingContext,
+    build_method,
+    method_class,
+    method_config_class,
+    method_names,
+    read_method_file,
+    register_method,
+)
+from .blob import BlobConfig, BlobLaplaceConfig, BlobLaplaceLora, BlobLora
+from .lora import MapConfig, MapLora, MleConfig, MleLora
+
+__all__ = [
+    "BlobConfig",
+    "BlobLaplaceConfig",
+    "BlobLaplaceLora",
+    "BlobLora",
+    "MapConfig",
+    "MapLora",
+    "Method",
+    "MleConfig",
+    "MleLora",
+    "Optimization",
+    "SamplingState",
+    "TrainingContext",
+    "build_method",
+    "method_class",
+    "method_config_class",
+    "method_names",
+    "read_method_file",
+    "register_method",
+]

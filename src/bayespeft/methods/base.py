@@ -1,0 +1,295 @@
+"""The method interface every (Bayesian) LoRA method implements, and its registry.
+
+A method injects its adapters into a backbone, says whether forward passes are stochastic,
+switches sampling on or off (seedable, per call), gives its KL term, builds its optimisers,
+and saves, loads and merges its adapter. Methods are small classes registered by name and
+built through :func:`build_method` (a string-keyed factory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+
+from ..checkpoint import load_tensors, read_json, save_tensors_atomic, write_json_atomic
+from ..config import LoraSettings, MethodConfig, TrainConfig
+from ..errors import ConfigError, RunDirError
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+METHOD_FILE = "bayespeft_method.json"
+
+
+@dataclass
+class SamplingState:
+    """Shared by every Bayesian layer of one model: whether to draw weights, and how many.
+
+    ``groups`` > 1 means the batch holds ``groups`` stacked copies of the inputs (sample-major),
+    each of which must see its own independent weight draw: N posterior samples in one pass.
+    """
+
+    enabled: bool = True
+    groups: int = 1
+
+
+@dataclass
+class TrainingContext:
+    """Facts about the run that optimisers and KL schedules need."""
+
+    num_examples: int
+    batch_size: int
+    batches_per_epoch: int
+    total_steps: int
+    num_processes: int = 1
+
+
+@dataclass
+class Optimization:
+    """Optimisers, schedulers and the per-step update rule of one method."""
+
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+    max_grad_norm: float | None = None
+    step_count: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def step(self, nll: torch.Tensor, backward) -> dict[str, float]:
+        """One update on the NLL: backward, optional clipping, optimiser and scheduler steps."""
+        self.step_count += 1
+        backward(nll)
+        (name, optimizer), *_ = self.optimizers.items()
+        self._clip(optimizer)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.schedulers[name].step()
+        return {"nll": float(nll.detach()), "lr": optimizer.param_groups[0]["lr"]}
+
+    def _clip(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.max_grad_norm is not None:
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+
+    def state(self) -> dict[str, Any]:
+        return {"step_count": self.step_count}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step_count"])
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warm-up from 0 over warmup_ratio * T steps, then linear decay to 0 at step T."""
+    warmup = int(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Method:
+    """Plain LoRA behaviour; Bayesian methods override the hooks they need."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]]
+    stochastic: ClassVar[bool] = False  # do two forward passes with sampling on differ?
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+        self.config.validate()
+        self.sampling_state = SamplingState()
+
+    # ---- injection -------------------------------------------------------------------------
+    def lora_config(self, lora: LoraSettings, target_modules: list[str], task_type: str | None) -> LoraConfig:
+        return LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=target_modules,
+            task_type=task_type,
+        )
+
+    def inject(
+        self, model: nn.Module, lora: LoraSettings, target_modules: list[str], task_type: str | None = None
+    ) -> PeftModel:
+        """Wrap ``model`` with LoRA on ``target_modules`` and add this method's adapter state."""
+        peft_model = get_peft_model(model, self.lora_config(lora, target_modules, task_type))
+        self.after_inject(peft_model)
+        return peft_model
+
+    def after_inject(self, model: PeftModel) -> None:
+        """Add method-specific parameters to the injected LoRA layers (none for plain LoRA)."""
+
+    # ---- inference ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def sampling(self, enabled: bool = True, seed: int | None = None, groups: int = 1) -> Iterator[None]:
+        """Draw weights from the posterior (``enabled``) or use its mean, within the block.
+
+        ``seed`` makes the draws reproducible without touching the caller's RNG stream;
+        ``groups`` stacks that many independent draws along the batch (sample-major).
+        """
+        previous = (self.sampling_state.enabled, self.sampling_state.groups)
+        self.sampling_state.enabled, self.sampling_state.groups = enabled, groups
+        try:
+            if seed is None:
+                yield
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    yield
+        finally:
+            self.sampling_state.enabled, self.sampling_state.groups = previous
+
+    def kl(self, model: nn.Module) -> torch.Tensor | None:
+        """The KL divergence of the posterior from the prior (None for non-variational methods)."""
+        return None
+
+    # ---- training -------------------------------------------------------------------------------
+    def weight_decay(self, train: TrainConfig) -> float:
+        return train.weight_decay
+
+    def build_optimization(self, model: nn.Module, train: TrainConfig, context: TrainingContext) -> Optimization:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=train.lr, eps=train.adam_eps, weight_decay=self.weight_decay(train))
+        scheduler = linear_schedule(optimizer, context.total_steps, train.warmup_ratio)
+        return Optimization({"main": optimizer}, {"main": scheduler}, train.max_grad_norm)
+
+    # ---- persistence ---------------------------------------------------------------------------
+    def adapter_state(self, model: PeftModel) -> dict[str, torch.Tensor]:
+        """Every adapter tensor (means and variances), keyed as in peft's saved adapters."""
+        return {
+            k: v.detach().cpu().contiguous()
+            for k, v in get_peft_model_state_dict(_unwrap(model), save_embedding_layers=False).items()
+        }
+
+    def save_adapter(self, model: PeftModel, directory: str | Path, mean_only: bool = False) -> Path:
+        """Write peft's format (adapter_config.json + adapter_model.safetensors) plus the method file.
+
+        ``mean_only`` drops the variance tensors so that the folder is a plain peft LoRA holding
+        the posterior mean.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        peft_model = _unwrap(model)
+        peft_model.peft_config["default"].save_pretrained(str(directory))
+        tensors = self.adapter_state(peft_model)
+        if mean_only:
+            tensors = {k: v for k, v in tensors.items() if _is_plain_lora_key(k)}
+        save_tensors_atomic(directory / ADAPTER_WEIGHTS, tensors, metadata={"format": "pt"})
+        write_json_atomic(
+            directory / METHOD_FILE,
+            {"method": self.name, "config": asdict(self.config), "mean_only": mean_only},
+        )
+        return directory
+
+    def load_adapter(self, model: PeftModel, directory: str | Path) -> None:
+        """Load an adapter saved by :meth:`save_adapter` (means and variances) into ``model``."""
+        directory = Path(directory)
+        tensors = load_tensors(directory / ADAPTER_WEIGHTS)
+        peft_model = _unwrap(model)
+        expected = set(self.adapter_state(peft_model))
+        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        if missing or unexpected:
+            what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+            raise RunDirError(
+                f"{directory / ADAPTER_WEIGHTS}: adapter does not match method {self.name!r} and this model "
+                f"({what}; {len(missing)} missing, {len(unexpected)} unexpected)"
+            )
+        set_peft_model_state_dict(peft_model, tensors)
+
+    def merge(self, model: PeftModel) -> nn.Module:
+        """Fold the adapter into the base weights (the posterior mean for Bayesian methods)."""
+        if self.stochastic:
+            warnings.warn(
+                f"merging a {self.name} adapter keeps only the posterior mean: the weight uncertainty is lost "
+                "and the merged model is deterministic",
+                UserWarning,
+                stacklevel=2,
+            )
+        return _unwrap(model).merge_and_unload()
+
+
+def _unwrap(model: nn.Module) -> PeftModel:
+    """The PeftModel inside an accelerate/DDP wrapper."""
+    while not isinstance(model, PeftModel) and hasattr(model, "module"):
+        model = model.module
+    if not isinstance(model, PeftModel):
+        raise TypeError(f"expected a peft model, got {type(model).__name__}")
+    return model
+
+
+def _is_plain_lora_key(key: str) -> bool:
+    return key.endswith(("lora_A.weight", "lora_B.weight", "lora_A.bias", "lora_B.bias"))
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def method_class(name: str) -> type[Method]:
+    try:
+        return _REGISTRY[name.lower()]
+    except KeyError:
+        raise ConfigError(
+            f"method.name: unknown method {name!r} (choose one of: {', '.join(method_names())})"
+        ) from None
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    return method_class(name).config_class
+
+
+def build_method(config: MethodConfig | str, **overrides: Any) -> Method:
+    """Factory: ``build_method("blob", beta=0.1)`` or ``build_method(BlobConfig(...))``."""
+    if isinstance(config, str):
+        cls = method_class(config)
+        unknown = set(overrides) - set(cls.config_class.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"method.{sorted(unknown)[0]}: not a parameter of method {cls.name!r}")
+        return cls(cls.config_class(**overrides))
+    return method_class(config.name)(config)
+
+
+def read_method_file(directory: str | Path) -> dict[str, Any]:
+    """The method name and config stored beside an adapter."""
+    path = Path(directory) / METHOD_FILE
+    data = read_json(path)
+    if not isinstance(data, dict) or "method" not in data:
+        raise RunDirError(f"{path}: not a bayespeft method file (no 'method' field)")
+    return data
+
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "METHOD_FILE",
+    "Method",
+    "Optimization",
+    "SamplingState",
+    "TrainingContext",
+    "build_method",
+    "linear_schedule",
+    "method_class",
+    "method_config_class",
+    "method_names",
+    "read_method_file",
+    "register_method",
+]

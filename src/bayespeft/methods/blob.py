@@ -1,0 +1,292 @@
+"""BLoB: Bayesian LoRA by backpropagation (Wang et al., NeurIPS 2024).
+
+Only LoRA's A factor is Bayesian: q(A) = prod N(M_ij, G_ij^2) with G = rho^2 (or softplus(rho)),
+B stays deterministic and zero-initialised, the prior is N(0, beta^2) per entry. Weights are
+sampled with Flipout: one noise matrix per layer and forward pass, made per-token independent
+by Rademacher sign flips on the input and rank sides. ``blob_laplace`` swaps the Gaussian for
+a Laplace distribution (posterior and prior) with its own closed-form KL.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from peft.tuners.lora.layer import LoraLayer, LoraVariant
+from torch import nn
+
+from ..config import MethodConfig, TrainConfig, _require
+from ..enums import BlobOptimization, KLPeriod, KLSchedule, StdParameterization
+from .base import Method, Optimization, SamplingState, TrainingContext, linear_schedule, register_method
+from .kl_schedule import kl_period, kl_weight, summarize_schedule
+
+RHO = "lora_A_rho"
+KL_STABILIZER = 1e-6  # the reference's e in log(beta + e) - log(G + e) + (G^2 + M^2) / (2 beta^2 + e) - 1/2
+
+
+@dataclass
+class BlobConfig(MethodConfig):
+    """BLoB hyperparameters (reference defaults for LLMs)."""
+
+    name = "blob"
+    eps: float = 0.05  # rho ~ U(eps / sqrt 2, eps) for G = rho^2; U(eps - 1, eps) for softplus
+    beta: float = 0.2  # prior std
+    gamma: float = 8.0  # sets the dataset-rescaled KL period
+    kl_lr: float = 0.01  # SGD learning rate of the KL / variance step (split optimisation)
+    kl_schedule: str = KLSchedule.CYCLIC.value
+    kl_period: str = KLPeriod.DATASET_RESCALED.value
+    optimization: str = BlobOptimization.SPLIT.value
+    std_parameterization: str | None = None  # None: square if eps > 0 else softplus (as the reference)
+
+    def validate(self) -> None:
+        _require(self.eps != 0, "method.eps", "must be non-zero (> 0: G = rho^2, < 0: G = softplus(rho))")
+        _require(self.beta > 0, "method.beta", f"must be > 0 (got {self.beta})")
+        _require(self.gamma > 0, "method.gamma", f"must be > 0 (got {self.gamma})")
+        _require(self.kl_lr > 0, "method.kl_lr", f"must be > 0 (got {self.kl_lr})")
+        self.kl_schedule = KLSchedule.parse(self.kl_schedule, "method.kl_schedule").value
+        self.kl_period = KLPeriod.parse(self.kl_period, "method.kl_period").value
+        self.optimization = BlobOptimization.parse(self.optimization, "method.optimization").value
+        if self.std_parameterization is not None:
+            self.std_parameterization = StdParameterization.parse(
+                self.std_parameterization, "method.std_parameterization"
+            ).value
+        _require(
+            self.parameterization != StdParameterization.SQUARE or self.eps > 0,
+            "method.eps",
+            f"must be > 0 when G = rho^2 (got {self.eps})",
+        )
+
+    @property
+    def parameterization(self) -> StdParameterization:
+        if self.std_parameterization is not None:
+            return StdParameterization(self.std_parameterization)
+        return StdParameterization.SQUARE if self.eps > 0 else StdParameterization.SOFTPLUS
+
+
+@dataclass
+class BlobLaplaceConfig(BlobConfig):
+    """BLoB with Laplace(M, G) posterior entries and a Laplace(0, beta) prior."""
+
+    name = "blob_laplace"
+
+
+def posterior_std(rho: torch.Tensor, parameterization: StdParameterization) -> torch.Tensor:
+    """G from rho: rho^2 or softplus(rho)."""
+    return rho.square() if parameterization == StdParameterization.SQUARE else nn.functional.softplus(rho)
+
+
+def gaussian_kl(mean: torch.Tensor, std: torch.Tensor, beta: float) -> torch.Tensor:
+    """Sum over entries of KL(N(mean, std^2) || N(0, beta^2)), in float64 with the reference's stabiliser."""
+    mean, std = mean.double(), std.double()
+    e = KL_STABILIZER
+    per_entry = math.log(beta + e) - torch.log(std + e) + (std.square() + mean.square()) / (2 * beta**2 + e) - 0.5
+    return per_entry.sum()
+
+
+def laplace_kl(mean: torch.Tensor, scale: torch.Tensor, beta: float) -> torch.Tensor:
+    """Sum over entries of KL(Laplace(mean, scale) || Laplace(0, beta)), in float64.
+
+    KL = log(beta / b) + |m| / beta + (b / beta) exp(-|m| / b) - 1.
+    """
+    mean, scale = mean.double(), scale.double().clamp_min(1e-30)
+    abs_mean = mean.abs()
+    per_entry = math.log(beta) - torch.log(scale) + abs_mean / beta + scale / beta * torch.exp(-abs_mean / scale) - 1
+    return per_entry.sum()
+
+
+def rademacher_like(x: torch.Tensor, shape: torch.Size | tuple[int, ...] | None = None) -> torch.Tensor:
+    """Independent random signs (+1/-1) in x's dtype and device."""
+    shape = x.shape if shape is None else shape
+    return torch.randint(0, 2, shape, device=x.device, dtype=torch.int8).to(x.dtype).mul_(2).sub_(1)
+
+
+class BlobVariant(LoraVariant):
+    """Flipout sampling of A on one LoRA linear layer (peft LoRA variant).
+
+    Output: W0 x + s * B (A d(x) + n), with n = ((d(x) * R) (G * E)^T) * S, E one noise draw per
+    layer and pass (per sample group), R and S per-token random signs. Merging uses the mean.
+    """
+
+    def __init__(self, state: SamplingState, parameterization: StdParameterization, laplace: bool) -> None:
+        self.state = state
+        self.parameterization = parameterization
+        self.laplace = laplace
+
+    @staticmethod
+    def init(module: LoraLayer, adapter_name: str, **kwargs: Any) -> None:
+        """Nothing to do at peft's init: rho is added by :meth:`BlobLora.after_inject`."""
+
+    @staticmethod
+    def merge_safe(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+        return orig_weight + module.get_delta_weight(active_adapter).to(orig_weight.dtype)
+
+    @staticmethod
+    def merge_unsafe(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> None:
+        orig_weight.data += module.get_delta_weight(active_adapter).to(orig_weight.dtype)
+
+    @staticmethod
+    def unmerge(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+        return orig_weight - module.get_delta_weight(active_adapter).to(orig_weight.dtype)
+
+    def noise(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+        """Standard noise E of the posterior family (unit scale)."""
+        if not self.laplace:
+            return torch.randn(shape, device=like.device, dtype=like.dtype)
+        uniform = torch.rand(shape, device=like.device, dtype=like.dtype) - 0.5
+        return -torch.sign(uniform) * torch.log1p(-2 * uniform.abs())
+
+    def forward(
+        self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        lora_A, lora_B = module.lora_A[active_adapter], module.lora_B[active_adapter]
+        x = module.lora_dropout[active_adapter](x)
+        hidden = lora_A(x)
+        if self.state.enabled:
+            hidden = hidden + self.flipout(x, module.lora_A_rho[active_adapter], lora_A.weight)
+        return result + lora_B(hidden) * module.scaling[active_adapter]
+
+    def flipout(self, x: torch.Tensor, rho: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """The Flipout noise on the rank side, shape x.shape[:-1] + (r,)."""
+        groups = self.state.groups
+        std = posterior_std(rho, self.parameterization).to(x.dtype)
+        rank, d_in = std.shape
+        scaled_noise = std * self.noise((groups, rank, d_in), std)  # one draw per sample group
+        signs_in = rademacher_like(x)
+        if x.shape[0] % groups:
+            raise ValueError(f"batch of {x.shape[0]} rows cannot hold {groups} stacked posterior samples")
+        flipped = (x * signs_in).reshape(groups, -1, d_in)
+        noise = torch.bmm(flipped, scaled_noise.transpose(1, 2)).reshape(*x.shape[:-1], rank)
+        return noise * rademacher_like(noise)
+
+
+@register_method
+class BlobLora(Method):
+    name = "blob"
+    config_class = BlobConfig
+    stochastic = True
+    laplace = False
+
+    def after_inject(self, model: nn.Module) -> None:
+        """Give every LoRA linear layer a rho tensor (shape of A) and the Flipout variant."""
+        cfg = self.config
+        variant = BlobVariant(self.sampling_state, cfg.parameterization, self.laplace)
+        layers = [m for m in model.modules() if isinstance(m, LoraLayer) and hasattr(m, "lora_A")]
+        if not layers:
+            raise ValueError("no LoRA linear layers found to Bayesianize")
+        for layer in layers:
+            if not hasattr(layer, RHO):
+                layer.lora_A_rho = nn.ParameterDict()
+                layer.adapter_layer_names = (*layer.adapter_layer_names, RHO)
+            for adapter, lora_A in layer.lora_A.items():
+                rho = torch.empty_like(lora_A.weight, dtype=torch.float32)
+                low, high = (cfg.eps / math.sqrt(2), cfg.eps) if cfg.eps > 0 else (cfg.eps - 1, cfg.eps)
+                nn.init.uniform_(rho, low, high)
+                layer.lora_A_rho[adapter] = nn.Parameter(rho.to(lora_A.weight.dtype))
+                layer.lora_variant[adapter] = variant
+
+    def bayesian_layers(self, model: nn.Module) -> list[LoraLayer]:
+        return [m for m in model.modules() if isinstance(m, LoraLayer) and hasattr(m, RHO)]
+
+    def kl(self, model: nn.Module) -> torch.Tensor:
+        cfg = self.config
+        divergence = laplace_kl if self.laplace else gaussian_kl
+        total = None
+        for layer in self.bayesian_layers(model):
+            for adapter, rho in layer.lora_A_rho.items():
+                term = divergence(layer.lora_A[adapter].weight, posterior_std(rho, cfg.parameterization), cfg.beta)
+                total = term if total is None else total + term
+        if total is None:
+            raise ValueError("model has no BLoB layers: was the method injected?")
+        return total
+
+    def build_optimization(self, model: nn.Module, train: TrainConfig, context: TrainingContext) -> Optimization:
+        cfg = self.config
+        period = kl_period(
+            KLPeriod(cfg.kl_period),
+            batches_per_epoch=context.batches_per_epoch,
+            num_examples=context.num_examples,
+            batch_size=context.batch_size,
+            num_processes=context.num_processes,
+            gamma=cfg.gamma,
+        )
+        summary = summarize_schedule(context.total_steps, period, KLSchedule(cfg.kl_schedule))
+        rho_params = [p for n, p in model.named_parameters() if RHO in n and p.requires_grad]
+        lora_params = [p for n, p in model.named_parameters() if p.requires_grad and RHO not in n]
+        mean_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_A." in n]
+        info = {
+            "kl_period": period,
+            "kl_total_weight": summary.total_weight,
+            "kl_never_applied": summary.never_applied,
+            "kl_period_exceeds_run": summary.period_exceeds_run,
+            "kl_schedule_warning": summary.warning(),
+        }
+        adamw = torch.optim.AdamW
+        if cfg.optimization == BlobOptimization.ELBO:
+            optimizer = adamw(
+                lora_params + rho_params, lr=train.lr, eps=train.adam_eps, weight_decay=train.weight_decay
+            )
+            optimizers = {"main": optimizer}
+        else:
+            optimizer = adamw(lora_params, lr=train.lr, eps=train.adam_eps, weight_decay=train.weight_decay)
+            kl_optimizer = torch.optim.SGD(mean_params + rho_params, lr=cfg.kl_lr)
+            optimizers = {"main": optimizer, "kl": kl_optimizer}
+        schedulers = {k: linear_schedule(o, context.total_steps, train.warmup_ratio) for k, o in optimizers.items()}
+        return BlobOptimizationRule(
+            optimizers,
+            schedulers,
+            train.max_grad_norm,
+            info=info,
+            method=self,
+            model=model,
+            period=period,
+            schedule=KLSchedule(cfg.kl_schedule),
+        )
+
+
+@register_method
+class BlobLaplaceLora(BlobLora):
+    name = "blob_laplace"
+    config_class = BlobLaplaceConfig
+    laplace = True
+
+
+class BlobOptimizationRule(Optimization):
+    """BLoB's update: NLL step (AdamW), then pi * KL (SGD on A and rho, or jointly in ELBO mode)."""
+
+    def __init__(self, *args: Any, method: BlobLora, model: nn.Module, period: int, schedule: KLSchedule, **kw: Any):
+        super().__init__(*args, **kw)
+        self.method, self.model, self.period, self.schedule = method, model, period, schedule
+
+    def step(self, nll: torch.Tensor, backward) -> dict[str, float]:
+        self.step_count += 1
+        pi = kl_weight(self.step_count, self.period, self.schedule)
+        kl = self.method.kl(self.model)
+        main = self.optimizers["main"]
+        if "kl" not in self.optimizers:  # single-optimiser ELBO
+            backward(nll + pi * kl.to(nll.dtype))
+            self._clip(main)
+            main.step()
+            main.zero_grad(set_to_none=True)
+        else:  # reference split: rho keeps its NLL gradient for the SGD step
+            backward(nll)
+            self._clip(main)
+            main.step()
+            main.zero_grad(set_to_none=True)  # A now gets only the KL gradient; rho keeps its NLL one
+            backward(pi * kl)
+            kl_opt = self.optimizers["kl"]
+            kl_opt.step()
+            kl_opt.zero_grad(set_to_none=True)
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        kl_value = float(kl.detach())
+        nll_value = float(nll.detach())
+        return {
+            "nll": nll_value,
+            "kl": kl_value,
+            "weighted_kl": pi * kl_value,
+            "neg_elbo": nll_value + pi * kl_value,
+            "pi": pi,
+            "lr": main.param_groups[0]["lr"],
+        }

@@ -1,0 +1,104 @@
+"""Multiple-choice QA with a causal LM: score the answer-letter tokens at the last position.
+
+Each prompt ends with "Answer:"; the class logits are the LM's next-token logits of the
+choice letters (" A", " B", ...), read at the last position only (``logits_to_keep=1``, so the
+vocabulary projection runs on one position instead of the whole sequence). Questions may have
+different numbers of choices: absent choices get logit -inf, hence probability 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from ..data.multiple_choice import MCExample
+from ..errors import DataError
+
+
+@dataclass
+class EncodedExample:
+    """A tokenised prompt and what scoring it needs."""
+
+    input_ids: list[int]
+    label: int
+    num_choices: int
+    index: int  # position in the dataset, to order gathered predictions
+
+
+class MultipleChoiceTask:
+    """Tokenises prompts, batches them (left padding) and turns model outputs into class logits."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int = 300, space_before_answer: bool = True):
+        if tokenizer.padding_side != "left":
+            raise ValueError("multiple-choice scoring reads the last position: the tokenizer must pad on the left")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.space_before_answer = space_before_answer
+        self._answer_token_cache: dict[str, int] = {}
+
+    def answer_token(self, label: str) -> int:
+        """The token id whose logit scores answer ``label`` (last token of " A")."""
+        if label not in self._answer_token_cache:
+            text = f" {label}" if self.space_before_answer else label
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise DataError(f"answer label {label!r} tokenises to nothing")
+            self._answer_token_cache[label] = ids[-1]
+        return self._answer_token_cache[label]
+
+    def encode(self, examples: Sequence[MCExample]) -> list[EncodedExample]:
+        """Tokenise; over-long prompts lose their beginning so the question end and "Answer:" stay."""
+        labels = {lab for ex in examples for lab in ex.answer_labels}
+        self.answer_labels = sorted(labels, key=lambda s: (len(s), s))
+        self.target_ids = torch.tensor([self.answer_token(lab) for lab in self.answer_labels])
+        if len(set(self.target_ids.tolist())) != len(self.answer_labels):
+            raise DataError("two answer labels share a token: choices would be indistinguishable")
+        position = {lab: i for i, lab in enumerate(self.answer_labels)}
+        encoded = []
+        for index, ex in enumerate(examples):
+            if [position[lab] for lab in ex.answer_labels] != list(range(len(ex.answer_labels))):
+                raise DataError(f"{ex.dataset}:{ex.uid}: answer labels {ex.answer_labels} are not A, B, C... in order")
+            ids = self.tokenizer(ex.prompt, add_special_tokens=True)["input_ids"][-self.max_length :]
+            encoded.append(EncodedExample(ids, ex.label, len(ex.answer_labels), index))
+        return encoded
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.answer_labels)
+
+    def collate(self, items: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
+        """Left-padded batch with labels, per-row choice counts and dataset positions."""
+        width = max(len(it.input_ids) for it in items)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(items), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, it in enumerate(items):
+            input_ids[row, width - len(it.input_ids) :] = torch.tensor(it.input_ids)
+            attention_mask[row, width - len(it.input_ids) :] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": torch.tensor([it.label for it in items]),
+            "num_choices": torch.tensor([it.num_choices for it in items]),
+            "index": torch.tensor([it.index for it in items]),
+        }
+
+    def class_logits(self, model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 1) -> torch.Tensor:
+        """Choice logits [repeats * B, C]; the batch is stacked ``repeats`` times (sample-major)."""
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        if repeats > 1:
+            input_ids, attention_mask = input_ids.repeat(repeats, 1), attention_mask.repeat(repeats, 1)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+        output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1)
+        logits = output.logits[:, -1, :].index_select(-1, self.target_ids.to(input_ids.device)).float()
+        choices = torch.arange(self.num_classes, device=logits.device)
+        absent = choices.unsqueeze(0) >= batch["num_choices"].to(logits.device).repeat(repeats).unsqueeze(1)
+        return logits.masked_fill(absent, float("-inf"))
+
+    def loss(self, class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean NLL of the gold choice under the softmax over the question's choices."""
+        return nn.functional.cross_entropy(class_logits, labels.to(class_logits.device))

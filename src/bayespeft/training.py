@@ -1,0 +1,337 @@
+"""Training: one loop for every method, under accelerate, resumable from checkpoints.
+
+The data order is a pure function of (seed, epoch), and checkpoints hold the trainable
+tensors, optimiser and scheduler states, the KL-schedule counter, the RNG states and the
+step, so a killed run resumed with ``--resume`` ends exactly where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from . import __version__
+from .backbones import load_backbone, lora_targets
+from .checkpoint import (
+    find_latest_checkpoint,
+    load_training_checkpoint,
+    prune_checkpoints,
+    restore_rng_state,
+    save_training_checkpoint,
+    write_json_atomic,
+    write_text_atomic,
+)
+from .config import RunConfig, load_config, save_config
+from .data.multiple_choice import MCExample, load_mc_dataset
+from .enums import ModelKind, Precision
+from .errors import ConfigError, DataError, RunDirError
+from .evaluation import evaluate
+from .methods import Method, Optimization, TrainingContext, build_method
+from .plots import plot_training_log
+from .rundir import RunDir
+from .tasks.multiple_choice import EncodedExample, MultipleChoiceTask
+
+logger = logging.getLogger("bayespeft")
+
+
+@dataclass
+class Session:
+    """A backbone with a method injected, its task and the accelerator: what train and evaluate share."""
+
+    config: RunConfig
+    accelerator: Accelerator
+    method: Method
+    model: torch.nn.Module
+    task: MultipleChoiceTask
+
+
+def make_accelerator(config: RunConfig) -> Accelerator:
+    mixed = "bf16" if config.model.precision == Precision.BF16_AUTOCAST else "no"
+    return Accelerator(mixed_precision=mixed)
+
+
+def build_session(config: RunConfig, accelerator: Accelerator | None = None) -> Session:
+    """Load the backbone, inject the method's adapters and set up the multiple-choice task."""
+    accelerator = accelerator or make_accelerator(config)
+    method = build_method(config.method)
+    model, tokenizer, kind = load_backbone(config.model)
+    if kind != ModelKind.CAUSAL_LM:
+        raise ConfigError(
+            f"model.name: {config.model.name} is a sequence classifier; multiple-choice QA needs a causal LM"
+        )
+    model = method.inject(model, config.model.lora, lora_targets(model, config.model), task_type="CAUSAL_LM")
+    model = model.to(accelerator.device)
+    task = MultipleChoiceTask(tokenizer, max_length=config.data.max_length)
+    return Session(config, accelerator, method, model, task)
+
+
+def load_examples(config: RunConfig, split: str, limit: int | None) -> list[MCExample]:
+    data = config.data
+    examples = load_mc_dataset(data.dataset, split, data.data_dir, limit=limit, seed=config.train.seed)
+    if not examples:
+        raise DataError(f"data.dataset: {data.dataset} split {split} is empty")
+    return examples
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    """The example order of one epoch: a permutation seeded by (seed, epoch), or the data order."""
+    if not shuffle:
+        return list(range(num_examples))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=generator).tolist()
+
+
+class Trainer:
+    """Runs one training job in a run directory and finishes with the evaluation report."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        progress: bool = True,
+    ) -> None:
+        if resume and overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other")
+        self.run = RunDir(Path(run_dir))
+        self.run.check_new(overwrite=overwrite, resume=resume)
+        if resume:
+            saved = load_config(self.run.config)
+            if saved.to_dict() != config.to_dict():
+                config = saved  # resuming always continues the saved run's config
+                logger.info("resuming with the configuration saved in %s", self.run.config)
+        self.config, self.resume, self.overwrite, self.progress = config, resume, overwrite, progress
+        self._acc = make_accelerator(config)
+
+    def run_training(self) -> dict[str, Any]:
+        config = self.config
+        set_seed(config.train.seed)
+        train_examples = load_examples(config, config.data.train_split, config.data.max_train_examples)
+        eval_examples = load_examples(config, config.data.eval_split, config.data.max_eval_examples)
+        session = build_session(config, self._acc)
+        acc, method, model, task = session.accelerator, session.method, session.model, session.task
+        encoded = task.encode(train_examples)
+        per_step = config.train.batch_size * acc.num_processes
+        batches_per_epoch = len(encoded) // per_step
+        if batches_per_epoch == 0:
+            raise DataError(
+                f"data.dataset: {len(encoded)} training examples cannot fill one batch of {per_step} "
+                f"(train.batch_size x processes)"
+            )
+        context = TrainingContext(
+            num_examples=batches_per_epoch * per_step,  # what survives drop_last, as in the reference
+            batch_size=config.train.batch_size,
+            batches_per_epoch=batches_per_epoch,
+            total_steps=config.train.max_steps,
+            num_processes=acc.num_processes,
+        )
+        optimization = method.build_optimization(model, config.train, context)
+        warning = optimization.info.get("kl_schedule_warning")
+        if warning and acc.is_main_process:
+            logger.warning("KL SCHEDULE: %s", warning)
+            warnings.warn(warning, UserWarning, stacklevel=2)
+        if acc.is_main_process:  # all input validated: now the run directory may be written
+            self.run.create(overwrite=self.overwrite)
+            if not self.resume:
+                save_config(config, self.run.config)
+        model = acc.prepare_model(model)
+        start_step = self._restore(model, optimization) if self.resume else 0
+        step_times = self._loop(model, method, task, encoded, optimization, context, start_step)
+        acc.wait_for_everyone()
+        return self._finish(session, model, eval_examples, optimization, step_times)
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def _loop(
+        self,
+        model,
+        method: Method,
+        task: MultipleChoiceTask,
+        encoded: list[EncodedExample],
+        optimization: Optimization,
+        context: TrainingContext,
+        start_step: int,
+    ) -> list[float]:
+        acc, train = self._acc, self.config.train
+        model.train()
+        step_times: list[float] = []
+        log_lines: list[str] = []
+        bar = tqdm(
+            total=train.max_steps,
+            initial=start_step,
+            desc=f"train {method.name}",
+            unit="step",
+            disable=not (self.progress and acc.is_main_process),
+        )
+        per_step = train.batch_size * acc.num_processes
+        order: list[int] = []
+        for step in range(start_step, train.max_steps):
+            epoch, position = divmod(step, context.batches_per_epoch)
+            if position == 0 or not order:
+                order = epoch_order(len(encoded), train.seed, epoch, train.shuffle)
+            start = position * per_step + acc.process_index * train.batch_size
+            batch = task.collate([encoded[i] for i in order[start : start + train.batch_size]])
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            began = time.perf_counter()
+            with method.sampling(enabled=True), acc.autocast():
+                logits = task.class_logits(model, batch)
+                nll = task.loss(logits, batch["labels"])
+            record = optimization.step(nll, acc.backward)
+            step_times.append(time.perf_counter() - began)
+            accuracy = float((logits.argmax(-1) == batch["labels"]).float().mean())
+            record = {
+                "step": step + 1,
+                "epoch": epoch,
+                **record,
+                "batch_acc": accuracy,
+                "step_time_s": step_times[-1],
+            }
+            log_lines.append(json.dumps(record))
+            bar.update(1)
+            bar.set_postfix(nll=f"{record['nll']:.3f}", **({"pi": f"{record['pi']:.2g}"} if "pi" in record else {}))
+            if (step + 1) % train.checkpoint_every == 0 or step + 1 == train.max_steps:
+                self._flush_log(log_lines)
+                self._checkpoint(model, optimization, step + 1, epoch)
+        bar.close()
+        return step_times
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def _trainable(self, model) -> dict[str, torch.Tensor]:
+        unwrapped = self._acc.unwrap_model(model)
+        return {n: p.detach() for n, p in unwrapped.named_parameters() if p.requires_grad}
+
+    def _checkpoint(self, model, optimization: Optimization, step: int, epoch: int) -> None:
+        if not self._acc.is_main_process:
+            return
+        save_training_checkpoint(
+            self.run.checkpoints / f"checkpoint-{step}",
+            trainable=self._trainable(model),
+            optimizers=optimization.optimizers,
+            schedulers=optimization.schedulers,
+            state={
+                "step": step,
+                "epoch": epoch,
+                "optimization": optimization.state(),
+                "version": __version__,
+            },
+        )
+        prune_checkpoints(self.run.checkpoints, keep=self.config.train.keep_checkpoints)
+
+    def _restore(self, model, optimization: Optimization) -> int:
+        latest = find_latest_checkpoint(self.run.checkpoints) if self.run.checkpoints.is_dir() else None
+        if latest is None:
+            logger.info("no checkpoint in %s: starting from step 0", self.run.checkpoints)
+            self._truncate_log(0)
+            return 0
+        checkpoint = load_training_checkpoint(latest)
+        params = dict(self._acc.unwrap_model(model).named_parameters())
+        missing = set(self._trainable(model)) - set(checkpoint.trainable)
+        if missing:
+            raise RunDirError(f"{latest}: checkpoint lacks {sorted(missing)[0]} (different method or model?)")
+        with torch.no_grad():
+            for name, tensor in checkpoint.trainable.items():
+                params[name].copy_(tensor)
+        for name, optimizer in optimization.optimizers.items():
+            optimizer.load_state_dict(checkpoint.optimizers[name])
+        for name, scheduler in optimization.schedulers.items():
+            scheduler.load_state_dict(checkpoint.schedulers[name])
+        optimization.load_state(checkpoint.state["optimization"])
+        restore_rng_state(checkpoint.rng_tensors, checkpoint.rng_meta)
+        step = int(checkpoint.state["step"])
+        self._truncate_log(step)
+        logger.info("resumed from %s at step %d", latest, step)
+        return step
+
+    def _flush_log(self, lines: list[str]) -> None:
+        if lines and self._acc.is_main_process:
+            with self.run.train_log.open("a", encoding="utf-8") as handle:
+                handle.write("\n".join(lines) + "\n")
+        lines.clear()
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines past the checkpoint a resumed run restarts from."""
+        if not self._acc.is_main_process or not self.run.train_log.is_file():
+            return
+        kept = [
+            line
+            for line in self.run.train_log.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step
+        ]
+        write_text_atomic(self.run.train_log, "".join(line + "\n" for line in kept))
+
+    # ---- the end ----------------------------------------------------------------------------------
+    def _finish(
+        self,
+        session: Session,
+        model,
+        eval_examples: list[MCExample],
+        optimization: Optimization,
+        step_times: list[float],
+    ) -> dict[str, Any]:
+        config, acc, method = self.config, self._acc, session.method
+        if acc.is_main_process:
+            method.save_adapter(acc.unwrap_model(model), self.run.adapter)
+        title = f"{method.name} on {config.data.dataset} ({config.data.eval_split}), N={config.eval.n_samples}"
+        scores = evaluate(
+            model,
+            method,
+            session.task,
+            eval_examples,
+            config.eval,
+            acc,
+            output_dir=self.run.root,
+            title=title,
+            progress=self.progress,
+        )
+        payload = run_summary(config, scores, eval_examples, config.data.eval_split)
+        payload["train"] = {
+            "steps": config.train.max_steps,
+            "steps_this_session": len(step_times),
+            "mean_step_time_s": statistics.fmean(step_times) if step_times else None,
+            "median_step_time_s": statistics.median(step_times) if step_times else None,
+            "peak_memory_mb": peak_memory_mb(),
+            **optimization.info,
+        }
+        if acc.is_main_process:
+            write_json_atomic(self.run.metrics, payload)
+            records = [json.loads(line) for line in self.run.train_log.read_text().splitlines() if line.strip()]
+            plot_training_log(records, self.run.plots / "training.png", title)
+            (self.run.root / "reliability.png").replace(self.run.plots / "reliability.png")
+        return payload
+
+
+def run_summary(config: RunConfig, scores: dict[str, float], examples: list[MCExample], split: str) -> dict[str, Any]:
+    """What every metrics.json records: method, backbone, dataset, split, seed, N and the scores."""
+    return {
+        "method": config.method.name,
+        "model": config.model.name,
+        "dataset": examples[0].dataset if examples else config.data.dataset,
+        "split": split,
+        "seed": config.train.seed,
+        "n_samples": config.eval.n_samples,
+        "metrics": scores,
+        "bayespeft_version": __version__,
+        "command": " ".join(sys.argv),
+    }
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (and of the GPU when one is used), in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        peak = max(peak, torch.cuda.max_memory_allocated() / 2**20)
+    return peak
