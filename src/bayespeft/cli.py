@@ -70,6 +70,7 @@ SWITCH_FLAGS: dict[str, tuple[str, Any]] = {
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.add_argument("--config", "-c", type=Path, help="YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. method.beta=0.1")
     group = parser.add_argument_group("config shortcuts")
@@ -105,13 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="bayespeft", description="Bayesian parameter-efficient fine-tuning.")
     parser.add_argument("--version", action="version", version=f"bayespeft {__version__}")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="fine-tune, then evaluate and write a calibration report")
     train.add_argument("--output-dir", "-o", type=Path, required=True, help="run directory")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     train.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
+    train.add_argument(
+        "--stop-after-steps", type=int, help="checkpoint and exit after this many steps (continue later with --resume)"
+    )
     _add_config_flags(train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained run (or adapter) on any dataset")
@@ -122,8 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides may come before, between or after flags."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [item for item in extra if item.startswith("-") or "=" not in item]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = [*args.overrides, *extra]  # argparse leaves positionals after a flag in ``extra``
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "train":
@@ -139,9 +153,19 @@ def _train(args: argparse.Namespace) -> int:
     from .training import Trainer
 
     config = load_config(args.config, _overrides(args))
-    trainer = Trainer(config, args.output_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    trainer = Trainer(
+        config,
+        args.output_dir,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        stop_after_steps=args.stop_after_steps,
+    )
     payload = trainer.run_training()
-    _print_scores(payload, trainer.run.root)
+    if payload["status"] == "paused":
+        print(f"stopped after step {payload['step']}; continue with: bayespeft train -o {trainer.run.root} --resume")
+    else:
+        _print_scores(payload, trainer.run.root)
     return 0
 
 

@@ -8,6 +8,7 @@ field), and saved resolved in the run directory so the run can be reproduced or 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -207,7 +208,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an empty section in the YAML (``method:``)
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
     node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
@@ -240,8 +243,9 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, source: str, skip: set[s
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known - skip)
     if unknown:
+        where = prefix.rstrip(".") or "top level"
         raise ConfigError(
-            f"{source}: unknown key {prefix}{unknown[0]} (known under {prefix or 'top level'}: {', '.join(sorted(known))})"
+            f"{source}: unknown key {prefix}{unknown[0]} (known under {where}: {', '.join(sorted(known)) or 'none'})"
         )
     kwargs = {}
     for name, value in raw.items():
@@ -249,6 +253,9 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, source: str, skip: set[s
             continue
         kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}", source)
     return cls(**kwargs)
+
+
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
@@ -275,6 +282,8 @@ def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
         raise ConfigError(f"{source}: {name} must be true or false (got {value!r})")
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint is str and isinstance(value, str):

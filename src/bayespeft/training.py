@@ -105,6 +105,7 @@ class Trainer:
         resume: bool = False,
         overwrite: bool = False,
         progress: bool = True,
+        stop_after_steps: int | None = None,
     ) -> None:
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
@@ -117,6 +118,9 @@ class Trainer:
                 logger.info("resuming with the configuration saved in %s", self.run.config)
         self.config, self.resume, self.overwrite, self.progress = config, resume, overwrite, progress
         self._acc = make_accelerator(config)
+        if stop_after_steps is not None and stop_after_steps < 1:
+            raise ConfigError(f"--stop-after-steps must be >= 1 (got {stop_after_steps})")
+        self.stop_after_steps = stop_after_steps
 
     def run_training(self) -> dict[str, Any]:
         config = self.config
@@ -151,9 +155,15 @@ class Trainer:
                 save_config(config, self.run.config)
         model = acc.prepare_model(model)
         start_step = self._restore(model, optimization) if self.resume else 0
-        step_times = self._loop(model, method, task, encoded, optimization, context, start_step)
+        end_step = config.train.max_steps
+        if self.stop_after_steps is not None:
+            end_step = min(end_step, start_step + self.stop_after_steps)
+        step_times = self._loop(model, method, task, encoded, optimization, context, start_step, end_step)
         acc.wait_for_everyone()
-        return self._finish(session, model, eval_examples, optimization, step_times)
+        if end_step < config.train.max_steps:
+            logger.info("stopped at step %d of %d; continue with --resume", end_step, config.train.max_steps)
+            return {"status": "paused", "step": end_step}
+        return {"status": "finished", **self._finish(session, model, eval_examples, optimization, step_times)}
 
     # ---- the loop ---------------------------------------------------------------------------------
     def _loop(
@@ -165,6 +175,7 @@ class Trainer:
         optimization: Optimization,
         context: TrainingContext,
         start_step: int,
+        end_step: int,
     ) -> list[float]:
         acc, train = self._acc, self.config.train
         model.train()
@@ -179,7 +190,7 @@ class Trainer:
         )
         per_step = train.batch_size * acc.num_processes
         order: list[int] = []
-        for step in range(start_step, train.max_steps):
+        for step in range(start_step, end_step):
             epoch, position = divmod(step, context.batches_per_epoch)
             if position == 0 or not order:
                 order = epoch_order(len(encoded), train.seed, epoch, train.shuffle)
@@ -203,7 +214,7 @@ class Trainer:
             log_lines.append(json.dumps(record))
             bar.update(1)
             bar.set_postfix(nll=f"{record['nll']:.3f}", **({"pi": f"{record['pi']:.2g}"} if "pi" in record else {}))
-            if (step + 1) % train.checkpoint_every == 0 or step + 1 == train.max_steps:
+            if (step + 1) % train.checkpoint_every == 0 or step + 1 == end_step:
                 self._flush_log(log_lines)
                 self._checkpoint(model, optimization, step + 1, epoch)
         bar.close()
