@@ -15,12 +15,40 @@ from bayespeft.training import build_session, load_examples
 
 def test_blob_on_smollm2_arc_easy_slice(tmp_path, shared_data, capsys):
     run = tmp_path / "run"
-    code = main([
-        "train", "-o", str(run), "--quiet", "--model", "smollm2-135m", "--method", "blob",
-        "--dataset", "arc_easy", "--data-dir", str(shared_data), "--max-train-examples", "32",
-        "--max-eval-examples", "12", "--max-steps", "6", "--batch-size", "4", "--lr", "5e-4",
-        "--n-samples", "3", "--eval-batch-size", "6", "--kl-period", "epoch", "--checkpoint-every", "3",
-    ])
+    code = main(
+        [
+            "train",
+            "-o",
+            str(run),
+            "--quiet",
+            "--model",
+            "smollm2-135m",
+            "--method",
+            "blob",
+            "--dataset",
+            "arc_easy",
+            "--data-dir",
+            str(shared_data),
+            "--max-train-examples",
+            "32",
+            "--max-eval-examples",
+            "12",
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "4",
+            "--lr",
+            "5e-4",
+            "--n-samples",
+            "3",
+            "--eval-batch-size",
+            "6",
+            "--kl-period",
+            "epoch",
+            "--checkpoint-every",
+            "3",
+        ]
+    )
     assert code == 0
     assert "blob on arc_easy (validation, N=3): ACC" in capsys.readouterr().out
     metrics = json.loads((run / "metrics.json").read_text())

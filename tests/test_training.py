@@ -79,8 +79,16 @@ def test_paused_and_resumed_run_equals_uninterrupted(tmp_path, tiny_llama_dir, s
 def test_training_writes_the_run_layout(tmp_path, tiny_llama_dir, shared_data):
     run = tmp_path / "run"
     payload = Trainer(tiny_config(tiny_llama_dir, shared_data), run, progress=False).run_training()
-    for name in ("config.yaml", "metrics.json", "predictions.jsonl", "train_log.jsonl", "plots/reliability.png",
-                 "plots/training.png", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "predictions.jsonl",
+        "train_log.jsonl",
+        "plots/reliability.png",
+        "plots/training.png",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    ):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["method"] == "blob" and metrics["dataset"] == "arc_easy" and metrics["n_samples"] == 3
@@ -98,18 +106,39 @@ def test_training_writes_the_run_layout(tmp_path, tiny_llama_dir, shared_data):
 def test_sigkilled_run_resumes_to_the_same_result(tmp_path, tiny_llama_dir, shared_data):
     """A real kill: the process dies between checkpoints, --resume finishes the job identically."""
     common = [
-        "--model", str(tiny_llama_dir), "--dataset", "arc_easy", "--data-dir", str(shared_data),
-        "--max-train-examples", "24", "--max-eval-examples", "8", "--max-seq-len", "96",
-        "--batch-size", "2", "--lr", "0.01", "--checkpoint-every", "1", "--n-samples", "2",
-        "--max-steps", "40", "method.kl_period=epoch", "--quiet",
+        "--model",
+        str(tiny_llama_dir),
+        "--dataset",
+        "arc_easy",
+        "--data-dir",
+        str(shared_data),
+        "--max-train-examples",
+        "24",
+        "--max-eval-examples",
+        "8",
+        "--max-seq-len",
+        "96",
+        "--batch-size",
+        "2",
+        "--lr",
+        "0.01",
+        "--checkpoint-every",
+        "1",
+        "--n-samples",
+        "2",
+        "--max-steps",
+        "40",
+        "method.kl_period=epoch",
+        "--quiet",
     ]
     cli = [sys.executable, "-m", "bayespeft.cli", "train"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     subprocess.run([*cli, "-o", str(tmp_path / "straight"), *common], check=True, env=env, capture_output=True)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen([*cli, "-o", str(killed), *common], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*cli, "-o", str(killed), *common], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not (killed / "checkpoints" / "checkpoint-3" / "COMPLETE").exists():
         assert process.poll() is None, "training ended before it could be killed"

@@ -13,7 +13,7 @@ TARGETS = ["q_proj", "v_proj", "lm_head"]
 LORA = LoraSettings(r=4, alpha=8)
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+def tiny_llama(seed: int = 0, tie: bool = False) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=64,
@@ -23,6 +23,7 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=64,
+        tie_word_embeddings=tie,
     )
     return LlamaForCausalLM(config).eval()
 

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from method_helpers import LORA, TARGETS, injected, tiny_llama, token_ids
+from method_helpers import LORA, TARGETS, injected, randomize_lora, tiny_llama, token_ids
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -114,3 +114,17 @@ def test_mle_merge_is_silent():
         warnings.simplefilter("error", UserWarning)
         merged = method.merge(model)
     torch.testing.assert_close(_logits(merged, ids), before, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_with_tied_embeddings_keeps_the_input_embeddings():
+    method = build_method("blob")
+    model = method.inject(tiny_llama(0, tie=True), LORA, TARGETS, "CAUSAL_LM")
+    randomize_lora(model)
+    embeddings = model.get_input_embeddings().weight.detach().clone()
+    ids = token_ids()
+    with method.sampling(False):
+        mean = _logits(model, ids)
+    with pytest.warns(UserWarning, match="uncertainty"):
+        merged = method.merge(model)
+    assert torch.equal(merged.get_input_embeddings().weight, embeddings)
+    torch.testing.assert_close(_logits(merged, ids), mean, rtol=1e-5, atol=1e-5)

@@ -52,7 +52,7 @@ def test_sampling_on_passes_differ():
 
 
 def test_default_state_samples():
-    method, model = injected("blob")
+    _, model = injected("blob")
     ids = token_ids()
     assert not torch.allclose(_logits(model, ids), _logits(model, ids))
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from ..checkpoint import load_tensors, read_json, save_tensors_atomic, write_json_atomic
@@ -143,7 +144,9 @@ class Method:
             if seed is None:
                 yield
             else:
-                with torch.random.fork_rng(devices=[]):
+                # manual_seed also reseeds every CUDA device: fork (and restore) those streams too
+                cuda_devices = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
+                with torch.random.fork_rng(devices=cuda_devices):
                     torch.manual_seed(seed)
                     yield
         finally:
@@ -215,7 +218,22 @@ class Method:
                 UserWarning,
                 stacklevel=2,
             )
-        return _unwrap(model).merge_and_unload()
+        peft_model = _unwrap(model)
+        _untie_adapted_embeddings(peft_model)
+        return peft_model.merge_and_unload()
+
+
+def _untie_adapted_embeddings(model: PeftModel) -> None:
+    """Give an adapted LM head its own weight when it is tied to the input embeddings.
+
+    Otherwise merging the head's LoRA delta would also change the token embeddings.
+    """
+    embeddings = model.get_input_embeddings().weight
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and getattr(module.get_base_layer(), "weight", None) is embeddings:
+            base = module.get_base_layer()
+            base.weight = nn.Parameter(embeddings.detach().clone(), requires_grad=False)
+            model.get_base_model().config.tie_word_embeddings = False
 
 
 def _unwrap(model: nn.Module) -> PeftModel:

@@ -134,8 +134,9 @@ class BlobVariant(LoraVariant):
         """Standard noise E of the posterior family (unit scale)."""
         if not self.laplace:
             return torch.randn(shape, device=like.device, dtype=like.dtype)
-        uniform = torch.rand(shape, device=like.device, dtype=like.dtype) - 0.5
-        return -torch.sign(uniform) * torch.log1p(-2 * uniform.abs())
+        # u in (-1 + eps, 1) as torch.distributions.Laplace: |u| < 1 keeps log1p(-|u|) finite
+        uniform = torch.empty(shape, device=like.device, dtype=like.dtype).uniform_(torch.finfo(like.dtype).eps - 1, 1)
+        return -torch.sign(uniform) * torch.log1p(-uniform.abs())
 
     def forward(
         self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs: Any
@@ -181,7 +182,8 @@ class BlobLora(Method):
                 layer.adapter_layer_names = (*layer.adapter_layer_names, RHO)
             for adapter, lora_A in layer.lora_A.items():
                 rho = torch.empty_like(lora_A.weight, dtype=torch.float32)
-                low, high = (cfg.eps / math.sqrt(2), cfg.eps) if cfg.eps > 0 else (cfg.eps - 1, cfg.eps)
+                square = cfg.parameterization == StdParameterization.SQUARE
+                low, high = (cfg.eps / math.sqrt(2), cfg.eps) if square else (cfg.eps - 1, cfg.eps)
                 nn.init.uniform_(rho, low, high)
                 layer.lora_A_rho[adapter] = nn.Parameter(rho.to(lora_A.weight.dtype))
                 layer.lora_variant[adapter] = variant
@@ -262,18 +264,19 @@ class BlobOptimizationRule(Optimization):
     def step(self, nll: torch.Tensor, backward) -> dict[str, float]:
         self.step_count += 1
         pi = kl_weight(self.step_count, self.period, self.schedule)
-        kl = self.method.kl(self.model)
         main = self.optimizers["main"]
         if "kl" not in self.optimizers:  # single-optimiser ELBO
+            kl = self.method.kl(self.model)
             backward(nll + pi * kl.to(nll.dtype))
             self._clip(main)
             main.step()
             main.zero_grad(set_to_none=True)
-        else:  # reference split: rho keeps its NLL gradient for the SGD step
+        else:  # reference split: NLL step first, then the KL of the updated posterior
             backward(nll)
             self._clip(main)
             main.step()
             main.zero_grad(set_to_none=True)  # A now gets only the KL gradient; rho keeps its NLL one
+            kl = self.method.kl(self.model)
             backward(pi * kl)
             kl_opt = self.optimizers["kl"]
             kl_opt.step()

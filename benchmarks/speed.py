@@ -1,0 +1,125 @@
+"""Where the time goes on this machine: precision, last-position logits, stacked posterior draws.
+
+Measures, in one process and one run (ratios, not absolute times, are the result):
+  1. forward of a multiple-choice batch with full-sequence logits vs last-position logits;
+  2. a BLoB training step in fp32, bf16 autocast and bf16 weights;
+  3. an N-sample BLoB evaluation batch: N separate passes vs the N draws stacked in one pass;
+  4. a training step of BLoB vs MLE (the Flipout + KL overhead).
+
+    python benchmarks/speed.py --out benchmarks/results/speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bayespeft.backbones import load_backbone, lora_targets
+from bayespeft.config import ModelConfig, TrainConfig
+from bayespeft.data.multiple_choice import load_mc_dataset
+from bayespeft.methods import TrainingContext, build_method
+from bayespeft.tasks.multiple_choice import MultipleChoiceTask
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def setup(method_name: str, precision: str, args):
+    model_cfg = ModelConfig(name=args.model, precision=precision)
+    model, tokenizer, _ = load_backbone(model_cfg)
+    method = build_method(method_name)
+    model = method.inject(model, model_cfg.lora, lora_targets(model, model_cfg), "CAUSAL_LM")
+    task = MultipleChoiceTask(tokenizer, max_length=300)
+    examples = load_mc_dataset("arc_easy", "train", args.data_dir, limit=64)
+    encoded = task.encode(examples)
+    return model, method, task, encoded
+
+
+def train_step_time(method_name: str, precision: str, args) -> float:
+    """Median time of one optimisation step (forward, backward, optimiser) on a batch of 4."""
+    model, method, task, encoded = setup(method_name, precision, args)
+    batch = task.collate(encoded[:4])
+    model.train()
+    context = TrainingContext(num_examples=2248, batch_size=4, batches_per_epoch=562, total_steps=1000)
+    optimization = method.build_optimization(model, TrainConfig(), context)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
+
+    def step() -> None:
+        with method.sampling(True), autocast:
+            nll = task.loss(task.class_logits(model, batch), batch["labels"])
+        optimization.step(nll, lambda loss: loss.backward())
+
+    return timed(step, args.repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
+    args = parser.parse_args()
+    results: dict[str, float] = {}
+
+    # 1. last-position logits vs the whole sequence (forward, batch 8)
+    model, method, task, encoded = setup("blob", "fp32", args)
+    batch = task.collate(encoded[:8])
+    model.eval()
+
+    def forward(keep: int) -> None:
+        with torch.no_grad(), method.sampling(False):
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+
+    results["forward_full_logits_s"] = timed(lambda: forward(0), args.repeats)
+    results["forward_last_logits_s"] = timed(lambda: forward(1), args.repeats)
+
+    # 3. N = 10 draws: separate passes vs stacked in one pass
+    def draws(stack: int, n: int = 10) -> None:
+        with torch.no_grad():
+            for _ in range(n // stack):
+                with method.sampling(True, groups=stack):
+                    task.class_logits(model, batch, repeats=stack)
+
+    results["eval_n10_loop_s"] = timed(lambda: draws(1), max(2, args.repeats // 2))
+    results["eval_n10_stacked5_s"] = timed(lambda: draws(5), max(2, args.repeats // 2))
+    results["eval_n10_stacked10_s"] = timed(lambda: draws(10), max(2, args.repeats // 2))
+
+    # 2 and 4. training steps (batch 4) by precision and by method
+    for method_name, precision in (("blob", "fp32"), ("blob", "bf16-autocast"), ("blob", "bf16"), ("mle", "fp32")):
+        results[f"train_step_{method_name}_{precision}_s"] = train_step_time(method_name, precision, args)
+
+    ratios = {
+        "last_position_speedup": results["forward_full_logits_s"] / results["forward_last_logits_s"],
+        "bf16_autocast_train_speedup": results["train_step_blob_fp32_s"] / results["train_step_blob_bf16-autocast_s"],
+        "bf16_weights_train_speedup": results["train_step_blob_fp32_s"] / results["train_step_blob_bf16_s"],
+        "stacked5_eval_speedup": results["eval_n10_loop_s"] / results["eval_n10_stacked5_s"],
+        "stacked10_eval_speedup": results["eval_n10_loop_s"] / results["eval_n10_stacked10_s"],
+        "blob_over_mle_train_step": results["train_step_blob_fp32_s"] / results["train_step_mle_fp32_s"],
+    }
+    for key, value in results.items():
+        print(f"{key:<40}{value:10.3f} s")
+    for key, value in ratios.items():
+        print(f"{key:<40}{value:10.2f} x")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"times_s": results, "ratios": ratios, "args": vars(args)}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
