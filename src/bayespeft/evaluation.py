@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -64,7 +65,7 @@ def predict(
             probs = torch.cat(draws).transpose(0, 1).cpu()  # [B, S, C]
             rows.extend((it.index, probs[i], it.label) for i, it in enumerate(items))
     if accelerator.num_processes > 1:
-        rows = [row for part in accelerator.gather_object([rows]) for row in part]
+        rows = gather_object(rows)  # every process's rows, concatenated
     rows.sort(key=lambda r: r[0])
     return torch.stack([r[1] for r in rows]), torch.tensor([r[2] for r in rows])
 

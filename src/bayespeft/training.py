@@ -60,7 +60,7 @@ class Session:
 
 def make_accelerator(config: RunConfig) -> Accelerator:
     mixed = "bf16" if config.model.precision == Precision.BF16_AUTOCAST else "no"
-    return Accelerator(mixed_precision=mixed)
+    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
 
 
 def build_session(config: RunConfig, accelerator: Accelerator | None = None) -> Session:

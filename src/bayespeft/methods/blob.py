@@ -277,8 +277,8 @@ class BlobOptimizationRule(Optimization):
             main.step()
             main.zero_grad(set_to_none=True)  # A now gets only the KL gradient; rho keeps its NLL one
             kl = self.method.kl(self.model)
-            backward(pi * kl)
             kl_opt = self.optimizers["kl"]
+            _accumulate_gradients(pi * kl, [p for group in kl_opt.param_groups for p in group["params"]])
             kl_opt.step()
             kl_opt.zero_grad(set_to_none=True)
         for scheduler in self.schedulers.values():
@@ -293,3 +293,16 @@ class BlobOptimizationRule(Optimization):
             "pi": pi,
             "lr": main.param_groups[0]["lr"],
         }
+
+
+def _accumulate_gradients(loss: torch.Tensor, params: list[torch.Tensor]) -> None:
+    """Add d loss / d params to ``.grad`` without firing DDP's gradient hooks.
+
+    The KL is computed identically on every process, so it needs no all-reduce; going through
+    autograd.grad keeps a second backward pass out of DistributedDataParallel's reducer.
+    """
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    for param, grad in zip(params, grads, strict=True):
+        if grad is not None:
+            grad = grad.to(param.dtype)
+            param.grad = grad if param.grad is None else param.grad + grad
