@@ -12,6 +12,7 @@ Measures, in one process and one run (ratios, not absolute times, are the result
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -28,17 +29,6 @@ from bayespeft.tasks.multiple_choice import MultipleChoiceTask
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(fn, repeats: int) -> float:
-    """Median wall time of ``fn`` over ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
-
-
 def setup(method_name: str, precision: str, args):
     model_cfg = ModelConfig(name=args.model, precision=precision)
     model, tokenizer, _ = load_backbone(model_cfg)
@@ -50,8 +40,8 @@ def setup(method_name: str, precision: str, args):
     return model, method, task, encoded
 
 
-def train_step_time(method_name: str, precision: str, args) -> float:
-    """Median time of one optimisation step (forward, backward, optimiser) on a batch of 4."""
+def make_train_step(method_name: str, precision: str, args):
+    """One optimisation step (forward, backward, optimiser) on a fixed batch of 4, as a closure."""
     model, method, task, encoded = setup(method_name, precision, args)
     batch = task.collate(encoded[:4])
     model.train()
@@ -64,7 +54,20 @@ def train_step_time(method_name: str, precision: str, args) -> float:
             nll = task.loss(task.class_logits(model, batch), batch["labels"])
         optimization.step(nll, lambda loss: loss.backward())
 
-    return timed(step, args.repeats)
+    return step
+
+
+def interleaved_medians(functions: dict[str, callable], repeats: int) -> dict[str, float]:
+    """Median time of each function, timed round-robin so that slow spells hit all of them alike."""
+    for fn in functions.values():
+        fn()
+    times: dict[str, list[float]] = {key: [] for key in functions}
+    for _ in range(repeats):
+        for key, fn in functions.items():
+            began = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - began)
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def main() -> None:
@@ -85,8 +88,11 @@ def main() -> None:
         with torch.no_grad(), method.sampling(False):
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
 
-    results["forward_full_logits_s"] = timed(lambda: forward(0), args.repeats)
-    results["forward_last_logits_s"] = timed(lambda: forward(1), args.repeats)
+    results.update(
+        interleaved_medians(
+            {"forward_full_logits_s": lambda: forward(0), "forward_last_logits_s": lambda: forward(1)}, args.repeats
+        )
+    )
 
     # 3. N = 10 draws: separate passes vs stacked in one pass
     def draws(stack: int, n: int = 10) -> None:
@@ -95,13 +101,16 @@ def main() -> None:
                 with method.sampling(True, groups=stack):
                     task.class_logits(model, batch, repeats=stack)
 
-    results["eval_n10_loop_s"] = timed(lambda: draws(1), max(2, args.repeats // 2))
-    results["eval_n10_stacked5_s"] = timed(lambda: draws(5), max(2, args.repeats // 2))
-    results["eval_n10_stacked10_s"] = timed(lambda: draws(10), max(2, args.repeats // 2))
+    stacked = {
+        f"eval_n10_{name}_s": functools.partial(draws, k)
+        for name, k in (("loop", 1), ("stacked5", 5), ("stacked10", 10))
+    }
+    results.update(interleaved_medians(stacked, max(2, args.repeats // 2)))
 
-    # 2 and 4. training steps (batch 4) by precision and by method
-    for method_name, precision in (("blob", "fp32"), ("blob", "bf16-autocast"), ("blob", "bf16"), ("mle", "fp32")):
-        results[f"train_step_{method_name}_{precision}_s"] = train_step_time(method_name, precision, args)
+    # 2 and 4. training steps (batch 4) by precision and by method, interleaved
+    variants = (("blob", "fp32"), ("blob", "bf16-autocast"), ("blob", "bf16"), ("mle", "fp32"))
+    steps = {f"train_step_{m}_{p}_s": make_train_step(m, p, args) for m, p in variants}
+    results.update(interleaved_medians(steps, args.repeats))
 
     ratios = {
         "last_position_speedup": results["forward_full_logits_s"] / results["forward_last_logits_s"],

@@ -57,7 +57,8 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
 }
 
 # LoRA targets by architecture (config.model_type) when the user names none: attention q/v, plus
-# the LM head for causal LMs as in the BLoB reference.
+# the LM head (causal LMs) or the classification head (encoders), as in the BLoB reference. The
+# randomly initialised classifier of an encoder stays frozen and adapts through its LoRA branch.
 DEFAULT_TARGETS: dict[str, list[str]] = {
     "llama": ["q_proj", "v_proj", "lm_head"],
     "mistral": ["q_proj", "v_proj", "lm_head"],
@@ -65,9 +66,9 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "gemma": ["q_proj", "v_proj", "lm_head"],
     "phi3": ["qkv_proj", "lm_head"],
     "gpt2": ["c_attn", "lm_head"],
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "deberta-v2": ["query_proj", "value_proj"],
+    "bert": ["query", "value", "classifier"],
+    "roberta": ["query", "value", "classifier.dense", "classifier.out_proj"],
+    "deberta-v2": ["query_proj", "value_proj", "classifier"],
 }
 
 
@@ -181,8 +182,8 @@ def load_backbone(
 def lora_targets(model: PreTrainedModel, config: ModelConfig) -> list[str]:
     """The configured LoRA targets, or the architecture's default."""
     if config.lora.target_modules:
-        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        missing = [t for t in config.lora.target_modules if t not in names]
+        names = [name for name, _ in model.named_modules()]
+        missing = [t for t in config.lora.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
         if missing:
             raise ConfigError(f"model.lora.target_modules: {missing[0]!r} is not a module of {config.name}")
         return list(config.lora.target_modules)

@@ -122,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--name", help="results folder under <run-dir>/eval (default: dataset_split_nN)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace earlier results of the same name")
     _add_config_flags(evaluate)
+
+    calibrate = sub.add_parser("calibrate", help="fit a post-hoc temperature on held-out data (any method)")
+    calibrate.add_argument("--run-dir", type=Path, required=True, help="a finished training run")
+    calibrate.add_argument(
+        "--fit-split", default="validation", help="held-out split to fit on (never the test split you report)"
+    )
+    calibrate.add_argument("--max-fit-examples", type=int, help="use the first N examples of the fit split")
+    _add_config_flags(calibrate)
     return parser
 
 
@@ -140,9 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "train":
-            return _train(args)
-        return _evaluate(args)
+        commands = {"train": _train, "evaluate": _evaluate, "calibrate": _calibrate}
+        return commands[args.command](args)
     except BayesPeftError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -169,25 +176,39 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import write_json_atomic
+def _run_config(args: argparse.Namespace):
+    """A finished run and its config with this command's overrides applied."""
     from .config import load_config
-    from .evaluation import evaluate
     from .rundir import RunDir
-    from .training import build_session, load_examples, run_summary
 
     run = RunDir(args.run_dir)
     run.require_trained()
     if args.config is not None:
-        raise ConfigError("--config: evaluate uses the run's own config.yaml; change it with overrides")
-    config = load_config(run.config, _overrides(args))
+        raise ConfigError(f"--config: {args.command} uses the run's own config.yaml; change it with overrides")
+    return run, load_config(run.config, _overrides(args))
+
+
+def _trained_session(run, config):
+    """A session holding the run's trained adapter."""
+    from .training import build_session
+
+    session = build_session(config)
+    session.method.load_adapter(session.model, run.adapter)
+    return session
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import write_json_atomic
+    from .evaluation import evaluate
+    from .training import load_examples, run_summary
+
+    run, config = _run_config(args)
     name = args.name or f"{config.data.dataset.replace(':', '-')}_{config.data.eval_split}_n{config.eval.n_samples}"
     out = run.eval_dir(name)
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out}: results exist; pass --overwrite or choose another --name")
     examples = load_examples(config, config.data.eval_split, config.data.max_eval_examples)
-    session = build_session(config)
-    session.method.load_adapter(session.model, run.adapter)
+    session = _trained_session(run, config)
     title = f"{config.method.name} on {config.data.dataset} ({config.data.eval_split}), N={config.eval.n_samples}"
     scores = evaluate(
         session.model,
@@ -204,6 +225,45 @@ def _evaluate(args: argparse.Namespace) -> int:
     if session.accelerator.is_main_process:
         write_json_atomic(out / "metrics.json", payload)
     _print_scores(payload, out)
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibration import apply_temperature, fit_temperature
+    from .checkpoint import write_json_atomic
+    from .evaluation import predict
+    from .metrics import negative_log_likelihood
+    from .predictive import posterior_predictive_from_probs
+    from .training import load_examples
+
+    run, config = _run_config(args)
+    examples = load_examples(config, args.fit_split, args.max_fit_examples)
+    session = _trained_session(run, config)
+    encoded = session.task.encode(examples)
+    sample_probs, labels = predict(
+        session.model, session.method, session.task, encoded, config.eval, session.accelerator, not args.quiet
+    )
+    temperature = fit_temperature(sample_probs, labels)
+    before = negative_log_likelihood(posterior_predictive_from_probs(sample_probs), labels)
+    after = negative_log_likelihood(
+        posterior_predictive_from_probs(apply_temperature(sample_probs, temperature)), labels
+    )
+    payload = {
+        "temperature": temperature,
+        "fit_dataset": config.data.dataset,
+        "fit_split": args.fit_split,
+        "num_examples": len(examples),
+        "n_samples": config.eval.n_samples,
+        "nll_before": before,
+        "nll_after": after,
+    }
+    if session.accelerator.is_main_process:
+        write_json_atomic(run.root / "temperature.json", payload)
+    print(
+        f"temperature {temperature:.4f} fitted on {config.data.dataset} {args.fit_split} ({len(examples)} examples): "
+        f"NLL {before:.4f} -> {after:.4f}; use it with: bayespeft evaluate --run-dir {run.root} "
+        f"eval.temperature={temperature:.6g}"
+    )
     return 0
 
 

@@ -135,12 +135,18 @@ class EvalConfig:
     samples_per_pass: int = 10  # posterior draws stacked into one forward pass (memory vs speed)
     n_bins: int = 15
     seed: int = 0
+    temperature: float | None = None  # post-hoc temperature (see `bayespeft calibrate`); None: off
 
     def validate(self) -> None:
         _require(self.n_samples >= 0, "eval.n_samples", f"must be >= 0 (got {self.n_samples}); 0 = posterior mean")
         _require(self.batch_size >= 1, "eval.batch_size", f"must be >= 1 (got {self.batch_size})")
         _require(self.samples_per_pass >= 1, "eval.samples_per_pass", f"must be >= 1 (got {self.samples_per_pass})")
         _require(self.n_bins >= 1, "eval.n_bins", f"must be >= 1 (got {self.n_bins})")
+        _require(
+            self.temperature is None or self.temperature > 0,
+            "eval.temperature",
+            f"must be > 0 or null (got {self.temperature})",
+        )
 
 
 @dataclass

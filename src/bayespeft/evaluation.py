@@ -13,6 +13,7 @@ from accelerate.utils import gather_object
 from torch import nn
 from tqdm.auto import tqdm
 
+from .calibration import apply_temperature
 from .checkpoint import write_text_atomic
 from .config import EvalConfig
 from .data.multiple_choice import MCExample
@@ -84,9 +85,13 @@ def evaluate(
     """Score ``examples``; on the main process write metrics.json, predictions.jsonl and the diagram."""
     encoded = task.encode(examples)
     sample_probs, labels = predict(model, method, task, encoded, config, accelerator, progress)
+    if config.temperature is not None:
+        sample_probs = apply_temperature(sample_probs, config.temperature)
     metrics = UncertaintyMetrics(n_bins=config.n_bins)
     metrics.update(sample_probs, labels)
     scores = metrics.compute()
+    if config.temperature is not None:
+        scores["temperature"] = config.temperature
     if output_dir is not None and accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_predictions(output_dir / "predictions.jsonl", examples, metrics.per_example())

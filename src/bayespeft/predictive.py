@@ -21,3 +21,10 @@ def posterior_predictive(sample_logits: torch.Tensor) -> torch.Tensor:
     if sample_logits.dim() != 3:
         raise ValueError(f"expected logits of shape [batch, samples, classes], got {tuple(sample_logits.shape)}")
     return sample_probabilities(sample_logits).mean(dim=1)
+
+
+def posterior_predictive_from_probs(sample_probs: torch.Tensor) -> torch.Tensor:
+    """The same rule for per-sample probabilities already computed: [B, S, C] -> [B, C]."""
+    if sample_probs.dim() != 3:
+        raise ValueError(f"expected probabilities of shape [batch, samples, classes], got {tuple(sample_probs.shape)}")
+    return sample_probs.mean(dim=1)

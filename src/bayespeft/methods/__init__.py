@@ -12,16 +12,22 @@ from .base import (
     read_method_file,
     register_method,
 )
+from .bbb import BbbConfig, BbbLora
 from .blob import BlobConfig, BlobLaplaceConfig, BlobLaplaceLora, BlobLora
 from .lora import MapConfig, MapLora, MleConfig, MleLora
+from .mcdropout import McDropoutConfig, McDropoutLora
 
 __all__ = [
+    "BbbConfig",
+    "BbbLora",
     "BlobConfig",
     "BlobLaplaceConfig",
     "BlobLaplaceLora",
     "BlobLora",
     "MapConfig",
     "MapLora",
+    "McDropoutConfig",
+    "McDropoutLora",
     "Method",
     "MleConfig",
     "MleLora",

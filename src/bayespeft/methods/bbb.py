@@ -1,0 +1,110 @@
+"""Bayes-by-backprop on both LoRA factors: the BBB baseline of the BLoB paper.
+
+Unlike BLoB, B is Bayesian too: q(A) q(B) mean-field Gaussian, prior N(0, beta^2) on every
+entry of both. B's mean keeps LoRA's zero init and its rho is initialised as A's (from eps),
+so the initial model is close to the backbone with only small noise (B's std is ~eps^2 under
+G = rho^2). Training defaults to BLoB's split rule, so the two methods differ only in the
+posterior on B; in split mode the KL step moves both means and both rhos.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from peft.tuners.lora.layer import LoraLayer
+from torch import nn
+
+from ..config import TrainConfig
+from ..enums import BlobOptimization, StdParameterization
+from .base import Optimization, TrainingContext, linear_schedule, register_method
+from .blob import RHO, BlobConfig, BlobLora, BlobVariant, gaussian_kl, posterior_std
+
+RHO_B = "lora_B_rho"
+
+
+@dataclass
+class BbbConfig(BlobConfig):
+    """BLoB's hyperparameters; eps now also sets the initial std of B."""
+
+    name = "bbb"
+
+
+class BbbVariant(BlobVariant):
+    """Flipout on both factors: W0 x + s (B + dB)(A + dA) d(x).
+
+    h = A d(x) + Flipout_A(d(x)) exactly as BLoB, then B h + Flipout_B(h): one noise matrix E_B
+    per layer and pass (per sample group), per-token signs on the rank and output sides.
+    """
+
+    def forward(
+        self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        lora_A, lora_B = module.lora_A[active_adapter], module.lora_B[active_adapter]
+        x = module.lora_dropout[active_adapter](x)
+        hidden = lora_A(x)
+        if self.state.enabled:
+            hidden = hidden + self.flipout(x, module.lora_A_rho[active_adapter], lora_A.weight)
+        out = lora_B(hidden)
+        if self.state.enabled:
+            out = out + self.flipout(hidden, module.lora_B_rho[active_adapter], lora_B.weight)
+        return result + out * module.scaling[active_adapter]
+
+
+@register_method
+class BbbLora(BlobLora):
+    name = "bbb"
+    config_class = BbbConfig
+
+    def after_inject(self, model: nn.Module) -> None:
+        """BLoB's A-side state, plus a rho for B (shape of B, same init) and the two-factor variant."""
+        super().after_inject(model)
+        cfg = self.config
+        variant = BbbVariant(self.sampling_state, cfg.parameterization, laplace=False)
+        for layer in self.bayesian_layers(model):
+            if not hasattr(layer, RHO_B):
+                layer.lora_B_rho = nn.ParameterDict()
+                layer.adapter_layer_names = (*layer.adapter_layer_names, RHO_B)
+            for adapter, lora_B in layer.lora_B.items():
+                layer.lora_B_rho[adapter] = nn.Parameter(initial_rho(lora_B.weight, cfg))
+                layer.lora_variant[adapter] = variant
+
+    def kl(self, model: nn.Module) -> torch.Tensor:
+        """KL of A (as BLoB) plus the Gaussian KL of every B entry."""
+        cfg = self.config
+        total = super().kl(model)
+        for layer in self.bayesian_layers(model):
+            for adapter, rho in layer.lora_B_rho.items():
+                std = posterior_std(rho, cfg.parameterization)
+                total = total + gaussian_kl(layer.lora_B[adapter].weight, std, cfg.beta)
+        return total
+
+    def build_optimization(self, model: nn.Module, train: TrainConfig, context: TrainingContext) -> Optimization:
+        """BLoB's rule; in split mode AdamW gets no rho and the KL step (SGD) moves A, B and both rhos."""
+        cfg = self.config
+        optimization = super().build_optimization(model, train, context)
+        if cfg.optimization == BlobOptimization.SPLIT:
+            trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            rhos = [p for n, p in trainable if RHO in n or RHO_B in n]
+            means = [p for n, p in trainable if "lora_A." in n or "lora_B." in n]
+            rest = [p for n, p in trainable if RHO not in n and RHO_B not in n]
+            optimization.optimizers = {
+                "main": torch.optim.AdamW(rest, lr=train.lr, eps=train.adam_eps, weight_decay=train.weight_decay),
+                "kl": torch.optim.SGD(means + rhos, lr=cfg.kl_lr),
+            }
+            optimization.schedulers = {
+                k: linear_schedule(o, context.total_steps, train.warmup_ratio)
+                for k, o in optimization.optimizers.items()
+            }
+        return optimization
+
+
+def initial_rho(weight: torch.Tensor, cfg: BbbConfig) -> torch.Tensor:
+    """rho ~ U(eps / sqrt 2, eps) for G = rho^2, U(eps - 1, eps) for softplus (as BLoB's A)."""
+    square = cfg.parameterization == StdParameterization.SQUARE
+    low, high = (cfg.eps / math.sqrt(2), cfg.eps) if square else (cfg.eps - 1, cfg.eps)
+    rho = torch.empty_like(weight, dtype=torch.float32)
+    nn.init.uniform_(rho, low, high)
+    return rho.to(weight.dtype)
