@@ -16,11 +16,12 @@ from tqdm.auto import tqdm
 from .calibration import apply_temperature
 from .checkpoint import write_text_atomic
 from .config import EvalConfig
-from .data.multiple_choice import MCExample
+from .data.classification import task_metric
 from .methods import Method
 from .metrics import UncertaintyMetrics
 from .predictive import sample_probabilities
-from .tasks.multiple_choice import EncodedExample, MultipleChoiceTask
+from .tasks.base import Example, Task
+from .tasks.sequence_classification import SequenceClassificationTask
 
 
 def effective_samples(method: Method, n_samples: int) -> int:
@@ -32,8 +33,8 @@ def effective_samples(method: Method, n_samples: int) -> int:
 def predict(
     model: nn.Module,
     method: Method,
-    task: MultipleChoiceTask,
-    encoded: Sequence[EncodedExample],
+    task: Task,
+    encoded: Sequence[Any],
     config: EvalConfig,
     accelerator: Accelerator,
     progress: bool = True,
@@ -74,8 +75,8 @@ def predict(
 def evaluate(
     model: nn.Module,
     method: Method,
-    task: MultipleChoiceTask,
-    examples: Sequence[MCExample],
+    task: Task,
+    examples: Sequence[Example],
     config: EvalConfig,
     accelerator: Accelerator,
     output_dir: Path | None = None,
@@ -92,6 +93,10 @@ def evaluate(
     scores = metrics.compute()
     if config.temperature is not None:
         scores["temperature"] = config.temperature
+    if isinstance(task, SequenceClassificationTask) and examples:  # GLUE's own metric (F1, MCC)
+        predictions = sample_probs.mean(dim=1).argmax(dim=-1).tolist()
+        usual = task_metric(examples[0].dataset, predictions, labels.tolist())
+        scores.update({k: v for k, v in usual.items() if k != "accuracy"})
     if output_dir is not None and accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_predictions(output_dir / "predictions.jsonl", examples, metrics.per_example())
@@ -99,7 +104,7 @@ def evaluate(
     return scores
 
 
-def write_predictions(path: Path, examples: Sequence[MCExample], records: Sequence[dict[str, Any]]) -> None:
+def write_predictions(path: Path, examples: Sequence[Example], records: Sequence[dict[str, Any]]) -> None:
     """One JSON line per example: id, gold label, prediction, probabilities and uncertainty."""
     lines = [
         json.dumps({"id": example.uid, "dataset": example.dataset, **record})

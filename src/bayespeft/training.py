@@ -24,7 +24,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from . import __version__
-from .backbones import load_backbone, lora_targets
+from .backbones import load_backbone, lora_targets, resolve_model
 from .checkpoint import (
     find_latest_checkpoint,
     load_training_checkpoint,
@@ -35,14 +35,17 @@ from .checkpoint import (
     write_text_atomic,
 )
 from .config import RunConfig, load_config, save_config
-from .data.multiple_choice import MCExample, load_mc_dataset
+from .data.classification import classification_task_info, load_classification_dataset
+from .data.multiple_choice import is_mc_dataset, load_mc_dataset
 from .enums import ModelKind, Precision
 from .errors import ConfigError, DataError, RunDirError
 from .evaluation import evaluate
 from .methods import Method, Optimization, TrainingContext, build_method
 from .plots import plot_training_log
 from .rundir import RunDir
-from .tasks.multiple_choice import EncodedExample, MultipleChoiceTask
+from .tasks.base import Example, Task
+from .tasks.multiple_choice import MultipleChoiceTask
+from .tasks.sequence_classification import SequenceClassificationTask
 
 logger = logging.getLogger("bayespeft")
 
@@ -55,7 +58,7 @@ class Session:
     accelerator: Accelerator
     method: Method
     model: torch.nn.Module
-    task: MultipleChoiceTask
+    task: Task
 
 
 def make_accelerator(config: RunConfig) -> Accelerator:
@@ -64,23 +67,63 @@ def make_accelerator(config: RunConfig) -> Accelerator:
 
 
 def build_session(config: RunConfig, accelerator: Accelerator | None = None) -> Session:
-    """Load the backbone, inject the method's adapters and set up the multiple-choice task."""
+    """Load the backbone, inject the method's adapters and set up the task the model kind calls for.
+
+    Causal LMs answer multiple choice by letter; encoders classify with their head. A freshly
+    initialised classification head is seeded by ``train.seed`` so that every process and every
+    later `evaluate` rebuilds the same frozen head.
+    """
     accelerator = accelerator or make_accelerator(config)
     method = build_method(config.method)
-    model, tokenizer, kind = load_backbone(config.model)
-    if kind != ModelKind.CAUSAL_LM:
-        raise ConfigError(
-            f"model.name: {config.model.name} is a sequence classifier; multiple-choice QA needs a causal LM"
-        )
-    model = method.inject(model, config.model.lora, lora_targets(model, config.model), task_type="CAUSAL_LM")
+    kind = model_kind(config)
+    if kind == ModelKind.CAUSAL_LM:
+        model, tokenizer, _ = load_backbone(config.model)
+        task: Task = MultipleChoiceTask(tokenizer, max_length=config.data.max_length)
+        task_type = "CAUSAL_LM"
+    else:
+        info = classification_task_info(config.data.dataset)
+        set_seed(config.train.seed)
+        model, tokenizer, _ = load_backbone(config.model, num_labels=info.num_labels)
+        task = SequenceClassificationTask(tokenizer, info.num_labels, max_length=config.data.max_length)
+        task_type = None  # peft's SEQ_CLS type would make the whole head trainable (modules_to_save)
+    model = method.inject(model, config.model.lora, lora_targets(model, config.model), task_type=task_type)
     model = model.to(accelerator.device)
-    task = MultipleChoiceTask(tokenizer, max_length=config.data.max_length)
     return Session(config, accelerator, method, model, task)
 
 
-def load_examples(config: RunConfig, split: str, limit: int | None) -> list[MCExample]:
+def model_kind(config: RunConfig) -> ModelKind:
+    """Causal LM or sequence classifier, checked against the dataset's kind."""
+    _, kind = resolve_model(config.model)
+    name = config.data.dataset
+    if kind == ModelKind.SEQ_CLS and not is_classification_dataset(name):
+        raise ConfigError(
+            f"data.dataset: {name} is a multiple-choice dataset, scored by a causal LM; "
+            f"{config.model.name} is a sequence classifier (use e.g. --model smollm2-135m)"
+        )
+    if kind == ModelKind.CAUSAL_LM and is_classification_dataset(name) and not is_mc_dataset(name):
+        raise ConfigError(
+            f"data.dataset: {name} is a sentence-classification dataset for encoders "
+            f"(use e.g. --model minilm-l6); {config.model.name} is a causal LM"
+        )
+    return kind
+
+
+def is_classification_dataset(name: str) -> bool:
+    """Whether ``name`` is a sentence-classification dataset (for encoders)."""
+    try:
+        classification_task_info(name)
+    except ConfigError:
+        return False
+    return True
+
+
+def load_examples(config: RunConfig, split: str, limit: int | None) -> list:
+    """The split's examples in the form the model kind's task reads."""
     data = config.data
-    examples = load_mc_dataset(data.dataset, split, data.data_dir, limit=limit, seed=config.train.seed)
+    if model_kind(config) == ModelKind.CAUSAL_LM:
+        examples = load_mc_dataset(data.dataset, split, data.data_dir, limit=limit, seed=config.train.seed)
+    else:
+        examples = load_classification_dataset(data.dataset, split, data.data_dir, limit=limit, seed=config.train.seed)
     if not examples:
         raise DataError(f"data.dataset: {data.dataset} split {split} is empty")
     return examples
@@ -170,8 +213,8 @@ class Trainer:
         self,
         model,
         method: Method,
-        task: MultipleChoiceTask,
-        encoded: list[EncodedExample],
+        task: Task,
+        encoded: list[Any],
         optimization: Optimization,
         context: TrainingContext,
         start_step: int,
@@ -289,7 +332,7 @@ class Trainer:
         self,
         session: Session,
         model,
-        eval_examples: list[MCExample],
+        eval_examples: list[Example],
         optimization: Optimization,
         step_times: list[float],
     ) -> dict[str, Any]:
@@ -325,7 +368,7 @@ class Trainer:
         return payload
 
 
-def run_summary(config: RunConfig, scores: dict[str, float], examples: list[MCExample], split: str) -> dict[str, Any]:
+def run_summary(config: RunConfig, scores: dict[str, float], examples: list[Example], split: str) -> dict[str, Any]:
     """What every metrics.json records: method, backbone, dataset, split, seed, N and the scores."""
     return {
         "method": config.method.name,

@@ -187,6 +187,7 @@ def test_limit_keeps_first_examples() -> None:
 
 # ----------------------------------------------------------------------------- names, info
 
+
 @pytest.mark.parametrize(
     ("alias", "canonical"),
     [("RTE", "rte"), ("glue_rte", "rte"), ("GLUE-MRPC", "mrpc"), ("glue:cola", "cola"), ("superglue_wic", "wic"),
@@ -208,7 +209,7 @@ def test_list_and_task_info() -> None:
 
 @pytest.mark.parametrize("name", ["sst2", "glue_", "mnli", ""])
 def test_unknown_name(name: str) -> None:
-    with pytest.raises(ConfigError, match="unknown classification dataset.*valid names: rte, mrpc"):
+    with pytest.raises(ConfigError, match=r"unknown classification dataset.*valid names: rte, mrpc"):
         load_classification_dataset(name, "train", DATA)
     with pytest.raises(ConfigError, match="unknown classification dataset"):
         classification_task_info(name)

@@ -169,7 +169,11 @@ def _pair_row(row: Mapping[str, Any], dataset: str, uid: str, labels: Mapping[st
 def _cola_row(row: Mapping[str, Any], dataset: str, uid: str) -> ClassificationExample:
     """CoLA (raw TSV and hub): ``{sentence, label}``; a single sentence."""
     return ClassificationExample(
-        uid=uid, text=_text(row, "sentence"), text_pair=None, label=_label(row, "label", _BINARY_LABELS), dataset=dataset
+        uid=uid,
+        text=_text(row, "sentence"),
+        text_pair=None,
+        label=_label(row, "label", _BINARY_LABELS),
+        dataset=dataset,
     )
 
 
@@ -313,7 +317,9 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, UserWarning, stacklevel=4)
 
 
-def _seeded_part(items: list[ClassificationExample], size: int, seed: int, held_out: bool) -> list[ClassificationExample]:
+def _seeded_part(
+    items: list[ClassificationExample], size: int, seed: int, held_out: bool
+) -> list[ClassificationExample]:
     """The ``size`` items picked by ``random.Random(seed)`` (or the others), in file order."""
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)

@@ -583,6 +583,15 @@ def list_mc_datasets() -> list[str]:
     return [*_SPECS, *(f"mmlu:{group}" for group in MMLU_GROUPS), "mmlu:<subject>"]
 
 
+def is_mc_dataset(name: str) -> bool:
+    """Whether ``name`` (or an alias of it) is a multiple-choice dataset."""
+    try:
+        _canonical(name)
+    except ConfigError:
+        return False
+    return True
+
+
 def _canonical(name: str) -> str:
     """Resolve aliases (case-insensitive, ``-`` = ``_``; ``MMLU-chem`` = ``mmlu:chem``)."""
     key = name.strip().lower().replace("-", "_")

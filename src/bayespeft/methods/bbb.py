@@ -9,7 +9,6 @@ posterior on B; in split mode the KL step moves both means and both rhos.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +16,8 @@ import torch
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
-from ..config import TrainConfig
-from ..enums import BlobOptimization, StdParameterization
-from .base import Optimization, TrainingContext, linear_schedule, register_method
-from .blob import RHO, BlobConfig, BlobLora, BlobVariant, gaussian_kl, posterior_std
+from .base import register_method
+from .blob import RHO, BlobConfig, BlobLora, BlobVariant, gaussian_kl, initial_rho, posterior_std
 
 RHO_B = "lora_B_rho"
 
@@ -57,6 +54,8 @@ class BbbVariant(BlobVariant):
 class BbbLora(BlobLora):
     name = "bbb"
     config_class = BbbConfig
+    std_parameters = (RHO, RHO_B)
+    prior_means = ("lora_A.", "lora_B.")
 
     def after_inject(self, model: nn.Module) -> None:
         """BLoB's A-side state, plus a rho for B (shape of B, same init) and the two-factor variant."""
@@ -80,31 +79,3 @@ class BbbLora(BlobLora):
                 std = posterior_std(rho, cfg.parameterization)
                 total = total + gaussian_kl(layer.lora_B[adapter].weight, std, cfg.beta)
         return total
-
-    def build_optimization(self, model: nn.Module, train: TrainConfig, context: TrainingContext) -> Optimization:
-        """BLoB's rule; in split mode AdamW gets no rho and the KL step (SGD) moves A, B and both rhos."""
-        cfg = self.config
-        optimization = super().build_optimization(model, train, context)
-        if cfg.optimization == BlobOptimization.SPLIT:
-            trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-            rhos = [p for n, p in trainable if RHO in n or RHO_B in n]
-            means = [p for n, p in trainable if "lora_A." in n or "lora_B." in n]
-            rest = [p for n, p in trainable if RHO not in n and RHO_B not in n]
-            optimization.optimizers = {
-                "main": torch.optim.AdamW(rest, lr=train.lr, eps=train.adam_eps, weight_decay=train.weight_decay),
-                "kl": torch.optim.SGD(means + rhos, lr=cfg.kl_lr),
-            }
-            optimization.schedulers = {
-                k: linear_schedule(o, context.total_steps, train.warmup_ratio)
-                for k, o in optimization.optimizers.items()
-            }
-        return optimization
-
-
-def initial_rho(weight: torch.Tensor, cfg: BbbConfig) -> torch.Tensor:
-    """rho ~ U(eps / sqrt 2, eps) for G = rho^2, U(eps - 1, eps) for softplus (as BLoB's A)."""
-    square = cfg.parameterization == StdParameterization.SQUARE
-    low, high = (cfg.eps / math.sqrt(2), cfg.eps) if square else (cfg.eps - 1, cfg.eps)
-    rho = torch.empty_like(weight, dtype=torch.float32)
-    nn.init.uniform_(rho, low, high)
-    return rho.to(weight.dtype)

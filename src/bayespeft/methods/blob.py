@@ -77,6 +77,15 @@ def posterior_std(rho: torch.Tensor, parameterization: StdParameterization) -> t
     return rho.square() if parameterization == StdParameterization.SQUARE else nn.functional.softplus(rho)
 
 
+def initial_rho(weight: torch.Tensor, cfg: BlobConfig) -> torch.Tensor:
+    """rho ~ U(eps / sqrt 2, eps) for G = rho^2, U(eps - 1, eps) for softplus, in the weight's dtype."""
+    square = cfg.parameterization == StdParameterization.SQUARE
+    low, high = (cfg.eps / math.sqrt(2), cfg.eps) if square else (cfg.eps - 1, cfg.eps)
+    rho = torch.empty_like(weight, dtype=torch.float32)
+    nn.init.uniform_(rho, low, high)
+    return rho.to(weight.dtype)
+
+
 def gaussian_kl(mean: torch.Tensor, std: torch.Tensor, beta: float) -> torch.Tensor:
     """Sum over entries of KL(N(mean, std^2) || N(0, beta^2)), in float64 with the reference's stabiliser."""
     mean, std = mean.double(), std.double()
@@ -168,6 +177,8 @@ class BlobLora(Method):
     config_class = BlobConfig
     stochastic = True
     laplace = False
+    std_parameters: tuple[str, ...] = (RHO,)  # posterior std tensors: SGD (split) or AdamW (elbo)
+    prior_means: tuple[str, ...] = ("lora_A.",)  # means under the prior: the split KL step moves them
 
     def after_inject(self, model: nn.Module) -> None:
         """Give every LoRA linear layer a rho tensor (shape of A) and the Flipout variant."""
@@ -181,11 +192,7 @@ class BlobLora(Method):
                 layer.lora_A_rho = nn.ParameterDict()
                 layer.adapter_layer_names = (*layer.adapter_layer_names, RHO)
             for adapter, lora_A in layer.lora_A.items():
-                rho = torch.empty_like(lora_A.weight, dtype=torch.float32)
-                square = cfg.parameterization == StdParameterization.SQUARE
-                low, high = (cfg.eps / math.sqrt(2), cfg.eps) if square else (cfg.eps - 1, cfg.eps)
-                nn.init.uniform_(rho, low, high)
-                layer.lora_A_rho[adapter] = nn.Parameter(rho.to(lora_A.weight.dtype))
+                layer.lora_A_rho[adapter] = nn.Parameter(initial_rho(lora_A.weight, cfg))
                 layer.lora_variant[adapter] = variant
 
     def bayesian_layers(self, model: nn.Module) -> list[LoraLayer]:
@@ -214,9 +221,11 @@ class BlobLora(Method):
             gamma=cfg.gamma,
         )
         summary = summarize_schedule(context.total_steps, period, KLSchedule(cfg.kl_schedule))
-        rho_params = [p for n, p in model.named_parameters() if RHO in n and p.requires_grad]
-        lora_params = [p for n, p in model.named_parameters() if p.requires_grad and RHO not in n]
-        mean_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_A." in n]
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        is_std = [any(name in n for name in self.std_parameters) for n, _ in trainable]
+        rho_params = [p for (_, p), std in zip(trainable, is_std, strict=True) if std]
+        lora_params = [p for (_, p), std in zip(trainable, is_std, strict=True) if not std]
+        mean_params = [p for n, p in trainable if any(name in n for name in self.prior_means)]
         info = {
             "kl_period": period,
             "kl_total_weight": summary.total_weight,
