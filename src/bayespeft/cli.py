@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BayesPeftError, ConfigError
+from .report import add_report_parser, run_report
 
 # (flags, dotted key, type, help); a flag value is written into the config at that key.
 VALUE_FLAGS: list[tuple[tuple[str, ...], str, type, str]] = [
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--max-fit-examples", type=int, help="use the first N examples of the fit split")
     _add_config_flags(calibrate)
+
+    add_report_parser(sub)
     return parser
 
 
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        commands = {"train": _train, "evaluate": _evaluate, "calibrate": _calibrate}
+        commands = {"train": _train, "evaluate": _evaluate, "calibrate": _calibrate, "report": run_report}
         return commands[args.command](args)
     except BayesPeftError as exc:
         print(f"error: {exc}", file=sys.stderr)
