@@ -19,14 +19,8 @@ from .config import EvalConfig
 from .data.classification import task_metric
 from .methods import Method
 from .metrics import UncertaintyMetrics
-from .predictive import sample_probabilities
 from .tasks.base import Example, Task
 from .tasks.sequence_classification import SequenceClassificationTask
-
-
-def effective_samples(method: Method, n_samples: int) -> int:
-    """How many forward passes an evaluation needs: 1 for the mean or a deterministic method."""
-    return 1 if n_samples == 0 or not method.stochastic else n_samples
 
 
 @torch.no_grad()
@@ -41,13 +35,10 @@ def predict(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample class probabilities [N, S, C] and labels [N], in dataset order.
 
-    N = 0 (or a deterministic method) is one pass with sampling off. Otherwise up to
-    ``samples_per_pass`` posterior draws are stacked along the batch, each stack row group
-    with its own weight sample, so N draws cost N / samples_per_pass forward calls.
-    Each process takes every P-th example; results are gathered and re-ordered.
+    The method decides how its draws are made (:meth:`Method.predictive_samples`); N = 0 is the
+    posterior mean. Each process takes every P-th example; results are gathered and re-ordered.
     """
     model.eval()
-    n_draws = effective_samples(method, config.n_samples)
     sampling = config.n_samples > 0 and method.stochastic
     shard = list(encoded)[accelerator.process_index :: accelerator.num_processes]
     rows: list[tuple[int, torch.Tensor, int]] = []
@@ -56,16 +47,9 @@ def predict(
     with method.sampling(enabled=sampling, seed=config.seed + accelerator.process_index):
         for items in bar:
             batch = {k: v.to(accelerator.device) for k, v in task.collate(items).items()}
-            draws = []
-            remaining = n_draws
-            while remaining:
-                stack = min(remaining, config.samples_per_pass) if sampling else 1
-                with method.sampling(enabled=sampling, groups=stack), accelerator.autocast():
-                    logits = task.class_logits(model, batch, repeats=stack)
-                draws.append(sample_probabilities(logits).view(stack, len(items), -1))
-                remaining -= stack
-            probs = torch.cat(draws).transpose(0, 1).cpu()  # [B, S, C]
-            rows.extend((it.index, probs[i], it.label) for i, it in enumerate(items))
+            with accelerator.autocast():
+                probs = method.predictive_samples(model, task, batch, config.n_samples, config.samples_per_pass)
+            rows.extend((it.index, probs[i].cpu(), it.label) for i, it in enumerate(items))
     if accelerator.num_processes > 1:
         rows = gather_object(rows)  # every process's rows, concatenated
     rows.sort(key=lambda r: r[0])

@@ -203,6 +203,8 @@ class Trainer:
             end_step = min(end_step, start_step + self.stop_after_steps)
         step_times = self._loop(model, method, task, encoded, optimization, context, start_step, end_step)
         acc.wait_for_everyone()
+        if end_step >= config.train.max_steps:  # post-hoc methods (curvature, noise scale) fit now
+            optimization.info.update(method.fit_posthoc(model, task, train_examples, config, acc))
         if end_step < config.train.max_steps:
             logger.info("stopped at step %d of %d; continue with --resume", end_step, config.train.max_steps)
             return {"status": "paused", "step": end_step}
@@ -241,12 +243,14 @@ class Trainer:
             batch = task.collate([encoded[i] for i in order[start : start + train.batch_size]])
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             began = time.perf_counter()
-            with method.sampling(enabled=True), acc.autocast():
-                logits = task.class_logits(model, batch)
-                nll = task.loss(logits, batch["labels"])
+            copies = method.train_groups  # ensemble members each see the batch: mean of their NLLs
+            labels = batch["labels"].repeat(copies)
+            with method.sampling(enabled=True, groups=copies), acc.autocast():
+                logits = task.class_logits(model, batch, repeats=copies)
+                nll = task.loss(logits, labels)
             record = optimization.step(nll, acc.backward)
             step_times.append(time.perf_counter() - began)
-            accuracy = float((logits.argmax(-1) == batch["labels"]).float().mean())
+            accuracy = float((logits.argmax(-1) == labels).float().mean())
             record = {
                 "step": step + 1,
                 "epoch": epoch,
@@ -362,8 +366,11 @@ class Trainer:
         }
         if acc.is_main_process:
             write_json_atomic(self.run.metrics, payload)
-            records = [json.loads(line) for line in self.run.train_log.read_text().splitlines() if line.strip()]
-            plot_training_log(records, self.run.plots / "training.png", title)
+            if self.run.train_log.is_file():  # post-hoc-only runs (max_steps = 0) have no log
+                lines = self.run.train_log.read_text().splitlines()
+                plot_training_log(
+                    [json.loads(line) for line in lines if line.strip()], self.run.plots / "training.png", title
+                )
             (self.run.root / "reliability.png").replace(self.run.plots / "reliability.png")
         return payload
 

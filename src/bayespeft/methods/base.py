@@ -23,6 +23,7 @@ from torch import nn
 from ..checkpoint import load_tensors, read_json, save_tensors_atomic, write_json_atomic
 from ..config import LoraSettings, MethodConfig, TrainConfig
 from ..errors import ConfigError, RunDirError
+from ..predictive import sample_probabilities
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -39,6 +40,7 @@ class SamplingState:
 
     enabled: bool = True
     groups: int = 1
+    offset: int = 0  # index of the first stacked draw (ensemble members are drawn in turn)
 
 
 @dataclass
@@ -103,6 +105,7 @@ class Method:
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]]
     stochastic: ClassVar[bool] = False  # do two forward passes with sampling on differ?
+    train_groups: int = 1  # input copies per training batch, each with its own draw (ensemble members)
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -132,14 +135,18 @@ class Method:
 
     # ---- inference ----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def sampling(self, enabled: bool = True, seed: int | None = None, groups: int = 1) -> Iterator[None]:
+    def sampling(
+        self, enabled: bool = True, seed: int | None = None, groups: int = 1, offset: int = 0
+    ) -> Iterator[None]:
         """Draw weights from the posterior (``enabled``) or use its mean, within the block.
 
         ``seed`` makes the draws reproducible without touching the caller's RNG stream;
-        ``groups`` stacks that many independent draws along the batch (sample-major).
+        ``groups`` stacks that many independent draws along the batch (sample-major); ``offset``
+        numbers them from there (for methods whose draws are distinct members).
         """
-        previous = (self.sampling_state.enabled, self.sampling_state.groups)
-        self.sampling_state.enabled, self.sampling_state.groups = enabled, groups
+        state = self.sampling_state
+        previous = (state.enabled, state.groups, state.offset)
+        state.enabled, state.groups, state.offset = enabled, groups, offset
         try:
             if seed is None:
                 yield
@@ -150,7 +157,38 @@ class Method:
                     torch.manual_seed(seed)
                     yield
         finally:
-            self.sampling_state.enabled, self.sampling_state.groups = previous
+            state.enabled, state.groups, state.offset = previous
+
+    def num_draws(self, n_samples: int) -> int:
+        """Forward draws an evaluation with N samples needs: 1 for the mean or a deterministic method."""
+        return 1 if n_samples == 0 or not self.stochastic else n_samples
+
+    def predictive_samples(
+        self, model: nn.Module, task: Any, batch: dict[str, torch.Tensor], n_samples: int, samples_per_pass: int
+    ) -> torch.Tensor:
+        """Per-draw class probabilities [B, S, C] for one batch.
+
+        Up to ``samples_per_pass`` draws are stacked along the batch in one forward call, each
+        stacked copy with its own weight draw. Call inside :meth:`sampling` (which sets the mode).
+        """
+        n_draws = self.num_draws(n_samples)
+        sampling = self.sampling_state.enabled and n_samples > 0
+        size = batch["labels"].shape[0]
+        draws, done = [], 0
+        while done < n_draws:
+            stack = min(n_draws - done, samples_per_pass)
+            with self.sampling(enabled=sampling, groups=stack, offset=done):
+                logits = task.class_logits(model, batch, repeats=stack)
+            draws.append(sample_probabilities(logits).view(stack, size, -1))
+            done += stack
+        return torch.cat(draws).transpose(0, 1)
+
+    def fit_posthoc(self, model: nn.Module, task: Any, train_examples: list, config: Any, accelerator: Any) -> dict:
+        """Post-hoc fitting after (or instead of) training, e.g. curvature or a noise scale.
+
+        Returns facts to record in ``metrics.json`` (none for methods trained by gradient descent).
+        """
+        return {}
 
     def kl(self, model: nn.Module) -> torch.Tensor | None:
         """The KL divergence of the posterior from the prior (None for non-variational methods)."""

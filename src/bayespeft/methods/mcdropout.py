@@ -61,7 +61,9 @@ class McDropoutLora(Method):
             raise ValueError("no LoRA dropout modules found for MC dropout")
 
     @contextlib.contextmanager
-    def sampling(self, enabled: bool = True, seed: int | None = None, groups: int = 1) -> Iterator[None]:
+    def sampling(
+        self, enabled: bool = True, seed: int | None = None, groups: int = 1, offset: int = 0
+    ) -> Iterator[None]:
         """Force the LoRA dropout on (``enabled``: one MC sample per pass) or off, within the block.
 
         Their previous train/eval flags come back afterwards, so blocks nest.
@@ -70,7 +72,7 @@ class McDropoutLora(Method):
         try:
             for dropout in self.dropouts:
                 dropout.train(enabled)
-            with super().sampling(enabled, seed, groups):
+            with super().sampling(enabled, seed, groups, offset):
                 yield
         finally:
             for dropout, training in zip(self.dropouts, previous, strict=True):
