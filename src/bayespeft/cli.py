@@ -132,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--max-fit-examples", type=int, help="use the first N examples of the fit split")
     _add_config_flags(calibrate)
 
+    ood = sub.add_parser("ood", help="evaluate on shifted datasets and score OOD detection (AUROC)")
+    ood.add_argument("--run-dir", type=Path, required=True, help="a finished training run (the in-distribution data)")
+    ood.add_argument(
+        "--datasets",
+        required=True,
+        help="comma-separated datasets, optionally name@split (default validation; MMLU: test)",
+    )
+    ood.add_argument("--overwrite", action="store_true", help="replace earlier results of the same names")
+    _add_config_flags(ood)
+
     add_report_parser(sub)
     return parser
 
@@ -151,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        commands = {"train": _train, "evaluate": _evaluate, "calibrate": _calibrate, "report": run_report}
+        commands = {"train": _train, "evaluate": _evaluate, "calibrate": _calibrate, "ood": _ood, "report": run_report}
         return commands[args.command](args)
     except BayesPeftError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -201,17 +211,35 @@ def _trained_session(run, config):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import write_json_atomic
-    from .evaluation import evaluate
-    from .training import load_examples, run_summary
-
     run, config = _run_config(args)
-    name = args.name or f"{config.data.dataset.replace(':', '-')}_{config.data.eval_split}_n{config.eval.n_samples}"
-    out = run.eval_dir(name)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out}: results exist; pass --overwrite or choose another --name")
+    name = args.name or _result_name(config.data.dataset, config.data.eval_split, config.eval.n_samples)
+    out = _fresh_result_dir(run, name, args.overwrite)
+    from .training import load_examples
+
     examples = load_examples(config, config.data.eval_split, config.data.max_eval_examples)
     session = _trained_session(run, config)
+    payload = _evaluate_into(session, config, examples, out, not args.quiet)
+    _print_scores(payload, out)
+    return 0
+
+
+def _result_name(dataset: str, split: str, n_samples: int) -> str:
+    return f"{dataset.replace(':', '-')}_{split}_n{n_samples}"
+
+
+def _fresh_result_dir(run, name: str, overwrite: bool) -> Path:
+    out = run.eval_dir(name)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out}: results exist; pass --overwrite or choose another --name")
+    return out
+
+
+def _evaluate_into(session, config, examples: list, out: Path, progress: bool, extra: dict | None = None) -> dict:
+    """Evaluate ``examples`` and write metrics.json, predictions.jsonl and the diagram into ``out``."""
+    from .checkpoint import write_json_atomic
+    from .evaluation import evaluate
+    from .training import run_summary
+
     title = f"{config.method.name} on {config.data.dataset} ({config.data.eval_split}), N={config.eval.n_samples}"
     scores = evaluate(
         session.model,
@@ -222,13 +250,106 @@ def _evaluate(args: argparse.Namespace) -> int:
         session.accelerator,
         output_dir=out,
         title=title,
-        progress=not args.quiet,
+        progress=progress,
     )
-    payload = run_summary(config, scores, examples, config.data.eval_split)
+    payload = {**run_summary(config, scores, examples, config.data.eval_split), **(extra or {})}
     if session.accelerator.is_main_process:
         write_json_atomic(out / "metrics.json", payload)
-    _print_scores(payload, out)
+    return payload
+
+
+def _ood(args: argparse.Namespace) -> int:
+    """Evaluate a trained run on other datasets and score OOD detection against its own eval split."""
+    import dataclasses
+
+    from .checkpoint import read_json, write_json_atomic, write_text_atomic
+    from .config import load_config
+    from .metrics.ood import ood_detection
+    from .report import load_predictions
+    from .training import load_examples
+
+    run, config = _run_config(args)
+    targets = _parse_dataset_list(args.datasets)
+    outs = [
+        _fresh_result_dir(run, "ood_" + _result_name(d, s, config.eval.n_samples), args.overwrite) for d, s in targets
+    ]
+    summary_dir = _fresh_result_dir(run, f"ood_summary_n{config.eval.n_samples}", args.overwrite)
+    jobs = []
+    for (dataset, split), out in zip(targets, outs, strict=True):
+        data = dataclasses.replace(config.data, dataset=dataset, eval_split=split)
+        target = dataclasses.replace(config, data=data)
+        jobs.append((target, load_examples(target, split, data.max_eval_examples), out))
+    session = _trained_session(run, config)
+    saved = read_json(run.metrics)
+    trained = load_config(run.config)
+    if saved["n_samples"] == config.eval.n_samples and (trained.eval, trained.data) == (config.eval, config.data):
+        in_payload, in_records = saved, load_predictions(run.root / "predictions.jsonl")  # the run's own
+    else:
+        name = "ood_in_" + _result_name(config.data.dataset, config.data.eval_split, config.eval.n_samples)
+        in_dir = _fresh_result_dir(run, name, True)
+        in_examples = load_examples(config, config.data.eval_split, config.data.max_eval_examples)
+        in_payload = _evaluate_into(session, config, in_examples, in_dir, not args.quiet)
+        in_records = load_predictions(in_dir / "predictions.jsonl")
+    rows = [
+        {
+            "dataset": config.data.dataset,
+            "split": config.data.eval_split,
+            "role": "in-distribution",
+            **in_payload["metrics"],
+        }
+    ]
+    for target, examples, out in jobs:
+        payload = _evaluate_into(session, target, examples, out, not args.quiet)
+        detection = ood_detection(in_records, load_predictions(out / "predictions.jsonl"))
+        payload["ood_detection"] = detection
+        if session.accelerator.is_main_process:
+            write_json_atomic(out / "metrics.json", payload)
+        rows.append(
+            {
+                "dataset": target.data.dataset,
+                "split": target.data.eval_split,
+                "role": "OOD",
+                **payload["metrics"],
+                **detection,
+            }
+        )
+    columns = [
+        "dataset",
+        "split",
+        "role",
+        "acc",
+        "ece",
+        "nll",
+        "brier",
+        "entropy",
+        "mutual_information",
+        "auroc_entropy",
+        "auroc_max_prob",
+        "auroc_mutual_information",
+    ]
+    table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [row.get(c, "") for c in columns]
+        table.append("| " + " | ".join(f"{c:.4f}" if isinstance(c, float) else str(c) for c in cells) + " |")
+    if session.accelerator.is_main_process:
+        summary_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(summary_dir / "summary.json", {"method": config.method.name, "rows": rows})
+        write_text_atomic(summary_dir / "summary.md", "\n".join(table) + "\n")
+    print("\n".join(table))
     return 0
+
+
+def _parse_dataset_list(value: str) -> list[tuple[str, str]]:
+    """``a,b@test`` -> [(a, validation), (b, test)]; MMLU defaults to its test split."""
+    targets = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        name, _, split = item.partition("@")
+        targets.append((name, split or ("test" if name.lower().startswith("mmlu") else "validation")))
+    if not targets:
+        raise ConfigError("--datasets: name at least one dataset, e.g. arc_challenge,mmlu:college_physics@test")
+    return targets
 
 
 def _calibrate(args: argparse.Namespace) -> int:

@@ -14,8 +14,10 @@ from .base import (
 )
 from .bbb import BbbConfig, BbbLora
 from .blob import BlobConfig, BlobLaplaceConfig, BlobLaplaceLora, BlobLora
+from .ensemble import EnsembleConfig, EnsembleLora
 from .lora import MapConfig, MapLora, MleConfig, MleLora
 from .mcdropout import McDropoutConfig, McDropoutLora
+from .tfb import TfbConfig, TfbLora
 
 __all__ = [
     "BbbConfig",
@@ -24,6 +26,8 @@ __all__ = [
     "BlobLaplaceConfig",
     "BlobLaplaceLora",
     "BlobLora",
+    "EnsembleConfig",
+    "EnsembleLora",
     "MapConfig",
     "MapLora",
     "McDropoutConfig",
@@ -33,6 +37,8 @@ __all__ = [
     "MleLora",
     "Optimization",
     "SamplingState",
+    "TfbConfig",
+    "TfbLora",
     "TrainingContext",
     "build_method",
     "method_class",
