@@ -55,7 +55,7 @@ def test_ood_protocol_on_a_tiny_run(tmp_path, tiny_llama_dir, shared_data, capsy
                 "--datasets",
                 "arc_challenge,mmlu:college_physics",
                 "--max-eval-examples",
-                "6",
+                "4",
             ]
         )
         == 0
