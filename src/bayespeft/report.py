@@ -36,7 +36,13 @@ import torch
 
 from .checkpoint import _replace_with, _temp_path, read_json, write_json_atomic, write_text_atomic
 from .errors import BayesPeftError, ConfigError, RunDirError
-from .metrics.classification import ReliabilityBins, _bins_from, _check_n_bins
+from .metrics.classification import (
+    _bins_from,
+    _check_n_bins,
+    _draw_diagonal,
+    _draw_reliability_bars,
+    _reliability_legend_handles,
+)
 
 __all__ = [
     "DEFAULT_GROUP_BY",
@@ -514,29 +520,6 @@ def _confidence_correct(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(confidence, dtype=torch.float64), torch.tensor(correct)
 
 
-def _draw_panel(ax: Any, bins: ReliabilityBins) -> None:
-    import numpy as np
-
-    edges = bins.edges.numpy()
-    count = bins.count.numpy()
-    acc = bins.accuracy.numpy()
-    conf = bins.confidence.numpy()
-    left, width = edges[:-1], edges[1:] - edges[:-1]
-    filled = count > 0
-    ax.bar(left[filled], acc[filled], width=width[filled], align="edge", color="#4C72B0", edgecolor="white", lw=0.5)
-    ax.bar(
-        left[filled],
-        np.abs(acc[filled] - conf[filled]),
-        bottom=np.minimum(acc[filled], conf[filled]),
-        width=width[filled],
-        align="edge",
-        facecolor=(0.84, 0.15, 0.16, 0.25),
-        edgecolor=(0.84, 0.15, 0.16, 0.9),
-        hatch="///",
-        lw=0.5,
-    )
-
-
 def plot_reliability_grid(
     rows: Sequence[ResultRow], path: str | os.PathLike[str], n_bins: int = 15, title: str | None = None
 ) -> Path:
@@ -562,7 +545,6 @@ def plot_reliability_grid(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     style = {
         "font.size": 8,
@@ -582,13 +564,13 @@ def plot_reliability_grid(
                 for j, (method, n_samples) in enumerate(columns):
                     ax = axes[i][j]
                     name = f"{method} (N={n_samples})" if method in several_n else method
-                    ax.plot([0, 1], [0, 1], ls="--", color="0.35", lw=0.9, zorder=3)
+                    _draw_diagonal(ax, lw=0.9)
                     parts = pooled.get((dataset, method, n_samples))
                     if parts:
                         confidence = torch.cat([c for c, _ in parts])
                         correct = torch.cat([k for _, k in parts])
                         bins = _bins_from(confidence, correct, n_bins)
-                        _draw_panel(ax, bins)
+                        _draw_reliability_bars(ax, bins, lw=0.5)
                         seeds = f", {len(parts)} seeds" if len(parts) > 1 else ""
                         ax.set_title(f"{name} · {dataset}\nECE {100 * bins.ece():.2f}%, n={bins.num_examples}{seeds}")
                     else:
@@ -614,16 +596,7 @@ def plot_reliability_grid(
                         ax.set_xlabel("Confidence")
                     if j == 0:
                         ax.set_ylabel("Accuracy")
-            handles = [
-                Patch(facecolor="#4C72B0", label="Accuracy"),
-                Patch(
-                    facecolor=(0.84, 0.15, 0.16, 0.25),
-                    edgecolor=(0.84, 0.15, 0.16, 0.9),
-                    hatch="///",
-                    label="Gap to confidence",
-                ),
-                plt.Line2D([], [], ls="--", color="0.35", lw=0.9, label="Perfect calibration"),
-            ]
+            handles = _reliability_legend_handles(diagonal_lw=0.9)
             ncol = 3 if n_cols > 1 else 1
             fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, bbox_to_anchor=(0.5, 0.0))
             if title:

@@ -30,18 +30,31 @@ Offline quirks handled here (see the ``SOURCE.md`` of each data folder):
 
 from __future__ import annotations
 
-import json
 import math
-import random
 import re
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple
 
-from bayespeft.data.multiple_choice import _BOOLQ_SEED_OFFSET, BOOLQ_VALIDATION_SIZE
+from bayespeft.data import records
+from bayespeft.data.multiple_choice import _split_boolq
+from bayespeft.data.records import (
+    SPLITS,
+    BadRow,
+    Locator,
+    RowConverter,
+    Rows,
+    at,
+    check_load_args,
+    convert_rows,
+    get,
+    hub_rows,
+    seeded_part,
+    text,
+    warn_once,
+)
 from bayespeft.errors import ConfigError, DataError
 
 __all__ = [
@@ -53,8 +66,6 @@ __all__ = [
     "load_classification_dataset",
     "task_metric",
 ]
-
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 MRPC_VALIDATION_SIZE = 408
 """Size of the offline MRPC hold-out (GLUE's dev size); the rest of the MSRP train file is ``train``."""
@@ -94,10 +105,6 @@ class ClassificationTaskInfo:
     metric: str
 
 
-class _BadRow(Exception):
-    """A record that cannot be converted; the caller adds where it came from."""
-
-
 class _Request(NamedTuple):
     """What one loader call needs besides the location of the data."""
 
@@ -109,49 +116,30 @@ class _Request(NamedTuple):
 # ----------------------------------------------------------------------------- field access
 
 
-def _get(row: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    """``row[key]`` checked to be of ``kind``."""
-    try:
-        value = row[key]
-    except (KeyError, TypeError):
-        raise _BadRow(f"missing field {key!r}") from None
-    if not isinstance(value, kind):
-        expected = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
-        raise _BadRow(f"field {key!r} has type {type(value).__name__}, expected {expected}")
-    return value
-
-
-def _text(row: Mapping[str, Any], key: str) -> str:
-    """A non-empty, whitespace-stripped string field."""
-    value = _get(row, key, str).strip()
-    if not value:
-        raise _BadRow(f"field {key!r} is empty")
-    return value
-
-
 def _label(row: Mapping[str, Any], key: str, strings: Mapping[str, int]) -> int:
     """A class index given as one of ``strings`` (file form) or as an int (hub form)."""
-    value = _get(row, key, (int, str))
+    value = get(row, key, (int, str))
     if isinstance(value, str):
         if value.strip() not in strings:
-            raise _BadRow(f"field {key!r} should be one of {', '.join(map(repr, strings))}, got {value!r}")
+            raise BadRow(f"field {key!r} should be one of {', '.join(map(repr, strings))}, got {value!r}")
         return strings[value.strip()]
     if isinstance(value, bool):
-        raise _BadRow(f"field {key!r} has type bool, expected int or str")
+        raise BadRow(f"field {key!r} has type bool, expected int or str")
     if value == -1:
-        raise _BadRow(f"field {key!r} is -1: this split is unlabelled")
+        raise BadRow(f"field {key!r} is -1: this split is unlabelled")
     if value not in set(strings.values()):
-        raise _BadRow(f"field {key!r} should be a class index in 0..{len(set(strings.values())) - 1}, got {value}")
+        raise BadRow(f"field {key!r} should be a class index in 0..{len(set(strings.values())) - 1}, got {value}")
     return value
 
 
 # ----------------------------------------------------------------------------- per-dataset rows
-# Each converter takes (row, dataset, uid) and raises _BadRow on bad content; offline and hub
+# Each converter takes (row, dataset, uid) and raises BadRow on bad content; offline and hub
 # rows use the same field names (offline readers name their columns like the hub does).
 
 _RTE_LABELS = {"entailment": 0, "not_entailment": 1}
 _BINARY_LABELS = {"0": 0, "1": 1}
 _WIC_LABELS = {"F": 0, "T": 1}
+_WIC_GOLD = {"T": "T", "F": "F"}  # gold-file lines, merged in as read
 _BOOLQ_LABELS = {"false": 0, "true": 1}
 
 
@@ -159,8 +147,8 @@ def _pair_row(row: Mapping[str, Any], dataset: str, uid: str, labels: Mapping[st
     """RTE / MRPC (GLUE TSV, MSRP file and hub): ``{sentence1, sentence2, label}``."""
     return ClassificationExample(
         uid=uid,
-        text=_text(row, "sentence1"),
-        text_pair=_text(row, "sentence2"),
+        text=text(row, "sentence1"),
+        text_pair=text(row, "sentence2"),
         label=_label(row, "label", labels),
         dataset=dataset,
     )
@@ -170,7 +158,7 @@ def _cola_row(row: Mapping[str, Any], dataset: str, uid: str) -> ClassificationE
     """CoLA (raw TSV and hub): ``{sentence, label}``; a single sentence."""
     return ClassificationExample(
         uid=uid,
-        text=_text(row, "sentence"),
+        text=text(row, "sentence"),
         text_pair=None,
         label=_label(row, "label", _BINARY_LABELS),
         dataset=dataset,
@@ -184,8 +172,8 @@ def _wic_row(row: Mapping[str, Any], dataset: str, uid: str) -> ClassificationEx
     """
     return ClassificationExample(
         uid=uid,
-        text=f"{_text(row, 'word')}: {_text(row, 'sentence1')}",
-        text_pair=_text(row, "sentence2"),
+        text=f"{text(row, 'word')}: {text(row, 'sentence1')}",
+        text_pair=text(row, "sentence2"),
         label=_label(row, "label", _WIC_LABELS),
         dataset=dataset,
     )
@@ -195,13 +183,13 @@ def _boolq_row(row: Mapping[str, Any], dataset: str, uid: str) -> Classification
     """BoolQ: SuperGLUE JSONL ``{passage, question, idx, label "true"/"false"}``, hub
     ``google/boolq`` ``{passage, question, answer: bool}`` or hub ``super_glue`` ``{.., label: int}``."""
     if "answer" in row:
-        label = int(_get(row, "answer", bool))
+        label = int(get(row, "answer", bool))
     elif isinstance(row.get("label"), bool):
         label = int(row["label"])
     else:
         label = _label(row, "label", _BOOLQ_LABELS)
     return ClassificationExample(
-        uid=uid, text=_text(row, "passage"), text_pair=_text(row, "question"), label=label, dataset=dataset
+        uid=uid, text=text(row, "passage"), text_pair=text(row, "question"), label=label, dataset=dataset
     )
 
 
@@ -209,70 +197,10 @@ def _boolq_row(row: Mapping[str, Any], dataset: str, uid: str) -> Classification
 # Readers yield (line number, row mapping) and raise DataError for unparsable lines. A row may
 # carry "_uid" (its id, set by offline readers) or "idx" (GLUE/SuperGLUE index).
 
-Rows = Iterator[tuple[int, Mapping[str, Any]]]
-RowConverter = Callable[[Mapping[str, Any], str, str], ClassificationExample]
-
-
-def _open(path: Path, request: _Request) -> TextIO:
-    """Open a data file (a UTF-8 BOM is dropped), or say which dataset and split needed it."""
-    if not path.is_file():
-        raise DataError(f"{request.dataset} {request.split}: data file not found: {path}")
-    return path.open(encoding="utf-8-sig", newline="")
-
-
-def _jsonl_rows(path: Path, request: _Request) -> Rows:
-    """Non-blank lines of a JSONL file, each a JSON object."""
-    with _open(path, request) as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
-
-
-def _tab_rows(path: Path, request: _Request, columns: Sequence[str], header: Sequence[str] | None = None) -> Rows:
-    """Lines split on tabs only (no quoting: quotes are text), keyed by ``columns``.
-
-    With ``header``, the first line must equal it. Blank lines are skipped.
-    """
-    with _open(path, request) as handle:
-        for lineno, line in enumerate(handle, 1):
-            cells = line.rstrip("\r\n").split("\t")
-            if header is not None and lineno == 1:
-                if cells != list(header):
-                    raise DataError(f"{path}:1: expected the header {list(header)}, got {cells}")
-                continue
-            if not line.strip():
-                continue
-            if len(cells) != len(columns):
-                raise DataError(f"{path}:{lineno}: expected {len(columns)} tab-separated columns, got {len(cells)}")
-            yield lineno, dict(zip(columns, cells, strict=True))
-
-
-def _with_gold(rows: Rows, gold_path: Path, request: _Request) -> Rows:
-    """Merge a WiC ``.gold.txt`` file (``T``/``F`` per line, aligned with ``rows``) in as ``label``."""
-    with _open(gold_path, request) as handle:
-        gold = [(n, line.strip()) for n, line in enumerate(handle, 1) if line.strip()]
-    count = 0
-    for count, (lineno, row) in enumerate(rows, 1):
-        if count > len(gold):
-            raise DataError(f"{gold_path}: has {len(gold)} labels but more records follow in the data")
-        gold_line, label = gold[count - 1]
-        if label not in _WIC_LABELS:
-            raise DataError(f"{gold_path}:{gold_line}: expected label T or F, got {label!r}")
-        yield lineno, {**row, "label": label}
-    if count != len(gold):
-        raise DataError(f"{gold_path}: has {len(gold)} labels but the data has {count} records")
-
-
-def _at(path: Path) -> Callable[[int], str]:
-    """Locator ``path:LINE`` for error messages."""
-    return lambda line: f"{path}:{line}"
+_ENCODING = "utf-8-sig"  # a UTF-8 BOM is dropped
+_jsonl_rows = partial(records.jsonl_rows, encoding=_ENCODING)
+_tab_rows = partial(records.tab_rows, encoding=_ENCODING)
+_with_labels = partial(records.with_aligned_labels, encoding=_ENCODING)
 
 
 def _row_uid(row: Mapping[str, Any], request: _Request, index: int) -> str:
@@ -290,18 +218,12 @@ def _row_uid(row: Mapping[str, Any], request: _Request, index: int) -> str:
 
 def _convert(
     rows: Iterable[tuple[int, Mapping[str, Any]]],
-    where: Callable[[int], str],
-    convert: RowConverter,
+    where: Locator,
+    convert: RowConverter[ClassificationExample],
     request: _Request,
 ) -> list[ClassificationExample]:
-    """Convert rows, turning ``_BadRow`` into ``DataError("<where(line)>: ...")``."""
-    examples = []
-    for index, (line, row) in enumerate(rows):
-        try:
-            examples.append(convert(row, request.dataset, _row_uid(row, request, index)))
-        except _BadRow as err:
-            raise DataError(f"{where(line)}: {err}") from None
-    return examples
+    """Convert rows; uids come from :func:`_row_uid`."""
+    return convert_rows(rows, where, convert, request.dataset, lambda index, row: _row_uid(row, request, index))
 
 
 # ----------------------------------------------------------------------------- offline loaders
@@ -310,27 +232,10 @@ def _convert(
 OfflineLoader = Callable[[Path, _Request], list[ClassificationExample]]
 
 
-def _warn_once(key: str, message: str) -> None:
-    """Emit a UserWarning the first time ``key`` is seen in this process."""
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, UserWarning, stacklevel=4)
-
-
-def _seeded_part(
-    items: list[ClassificationExample], size: int, seed: int, held_out: bool
-) -> list[ClassificationExample]:
-    """The ``size`` items picked by ``random.Random(seed)`` (or the others), in file order."""
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    chosen = set(order[:size])
-    return [ex for i, ex in enumerate(items) if (i in chosen) == held_out]
-
-
 def _offline_rte(data_dir: Path, request: _Request, file: str) -> list[ClassificationExample]:
     path = data_dir / "rte" / "glue" / file
     rows = _tab_rows(path, request, _RTE_COLUMNS, _RTE_HEADER)
-    return _convert(rows, _at(path), partial(_pair_row, labels=_RTE_LABELS), request)
+    return _convert(rows, at(path), partial(_pair_row, labels=_RTE_LABELS), request)
 
 
 def _mrpc_rows(path: Path, request: _Request) -> Rows:
@@ -346,18 +251,20 @@ def _offline_mrpc(data_dir: Path, request: _Request) -> list[ClassificationExamp
     """
     file = "msr_paraphrase_test.txt" if request.split == "test" else "msr_paraphrase_train.txt"
     path = data_dir / "mrpc" / file
-    examples = _convert(_mrpc_rows(path, request), _at(path), partial(_pair_row, labels=_BINARY_LABELS), request)
+    examples = _convert(_mrpc_rows(path, request), at(path), partial(_pair_row, labels=_BINARY_LABELS), request)
     if request.split == "test":
         return examples
     if len(examples) <= MRPC_VALIDATION_SIZE:
         raise DataError(f"{path}: needs more than {MRPC_VALIDATION_SIZE} records to split, has {len(examples)}")
-    _warn_once(
+    warn_once(
+        _warned,
         "mrpc",
         "offline MRPC train/validation are a seeded hold-out of the MSRP train file "
         f"({len(examples) - MRPC_VALIDATION_SIZE}/{MRPC_VALIDATION_SIZE}), not GLUE's dev ids; "
         "load from the hub (data_dir=None) for GLUE's split",
+        stacklevel=3,
     )
-    return _seeded_part(examples, MRPC_VALIDATION_SIZE, _MRPC_SEED_OFFSET + request.seed, request.split == "validation")
+    return seeded_part(examples, MRPC_VALIDATION_SIZE, _MRPC_SEED_OFFSET + request.seed, request.split == "validation")
 
 
 def _offline_cola(data_dir: Path, request: _Request, parts: Sequence[str]) -> list[ClassificationExample]:
@@ -369,14 +276,15 @@ def _offline_cola(data_dir: Path, request: _Request, parts: Sequence[str]) -> li
             (lineno, {**row, "_uid": f"cola:{part}:{n}"})
             for n, (lineno, row) in enumerate(_tab_rows(path, request, _COLA_COLUMNS))
         )
-        examples += _convert(rows, _at(path), _cola_row, request)
+        examples += _convert(rows, at(path), _cola_row, request)
     return examples
 
 
 def _offline_wic(data_dir: Path, request: _Request, folder: str) -> list[ClassificationExample]:
     path = data_dir / "wic" / folder / f"{folder}.data.txt"
-    rows = _with_gold(_tab_rows(path, request, _WIC_COLUMNS), path.with_name(f"{folder}.gold.txt"), request)
-    return _convert(rows, _at(path), _wic_row, request)
+    gold = path.with_name(f"{folder}.gold.txt")
+    rows = _with_labels(_tab_rows(path, request, _WIC_COLUMNS), gold, request, _WIC_GOLD)
+    return _convert(rows, at(path), _wic_row, request)
 
 
 def _offline_boolq(data_dir: Path, request: _Request) -> list[ClassificationExample]:
@@ -387,17 +295,8 @@ def _offline_boolq(data_dir: Path, request: _Request) -> list[ClassificationExam
     """
     path = data_dir / "boolq" / "val.jsonl"
     uid_request = request._replace(split="validation")
-    examples = _convert(_jsonl_rows(path, request), _at(path), _boolq_row, uid_request)
-    if len(examples) <= BOOLQ_VALIDATION_SIZE:
-        raise DataError(f"{path}: needs more than {BOOLQ_VALIDATION_SIZE} records to split, has {len(examples)}")
-    _warn_once(
-        "boolq",
-        "offline BoolQ train/validation are a seeded split of the official dev set "
-        f"({len(examples) - BOOLQ_VALIDATION_SIZE}/{BOOLQ_VALIDATION_SIZE}); "
-        "there is no official train data offline",
-    )
-    seed = _BOOLQ_SEED_OFFSET + request.seed
-    return _seeded_part(examples, BOOLQ_VALIDATION_SIZE, seed, request.split == "validation")
+    examples = _convert(_jsonl_rows(path, request), at(path), _boolq_row, uid_request)
+    return _split_boolq(examples, path, request, _warned)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -412,7 +311,7 @@ class _Spec:
     hub_path: str
     hub_config: str | None
     hub_splits: Mapping[str, str]  # split -> hub split name (labelled splits only)
-    from_hub: RowConverter
+    from_hub: RowConverter[ClassificationExample]
 
 
 _TRAIN_VAL_TEST = {"train": "train", "validation": "validation", "test": "test"}
@@ -529,12 +428,8 @@ def task_metric(name: str, predictions: Sequence[int], labels: Sequence[int]) ->
 
 def _load_hub(spec: _Spec, request: _Request) -> list[ClassificationExample]:
     """Rows of the hub split converted with the spec's row converter."""
-    import datasets  # slow import, only needed online
-
-    hub_split = spec.hub_splits[request.split]
-    source = spec.hub_path + (f" ({spec.hub_config})" if spec.hub_config else "")
-    rows = datasets.load_dataset(spec.hub_path, spec.hub_config, split=hub_split)
-    return _convert(enumerate(rows), lambda i: f"{source} split {hub_split} row {i}", spec.from_hub, request)
+    rows, where = hub_rows(spec.hub_path, spec.hub_config, spec.hub_splits[request.split])
+    return _convert(rows, where, spec.from_hub, request)
 
 
 def load_classification_dataset(
@@ -553,21 +448,7 @@ def load_classification_dataset(
     """
     canonical = _canonical(name)
     spec = _SPECS[canonical]
-    if split not in SPLITS:
-        raise ConfigError(
-            f"unknown split {split!r} for {canonical}; choose one of {', '.join(SPLITS)} "
-            f"(offline data has: {', '.join(spec.offline)})"
-        )
-    if limit is not None and limit < 0:
-        raise ConfigError(f"limit must be >= 0, got {limit}")
-    offline_dir = None if data_dir is None else Path(data_dir)
-    if offline_dir is not None and not offline_dir.is_dir():
-        raise DataError(f"data directory does not exist: {offline_dir}")
-    available = spec.offline if offline_dir is not None else spec.hub_splits
-    if split not in available:
-        source = "offline data" if offline_dir is not None else "the hub (labelled splits)"
-        raise ConfigError(f"{canonical} has no {split!r} split in {source}; available: {', '.join(available)}")
-
+    offline_dir = check_load_args(canonical, split, data_dir, limit, spec.offline, spec.hub_splits)
     request = _Request(canonical, split, seed)
     examples = _load_hub(spec, request) if offline_dir is None else spec.offline[split](offline_dir, request)
     return examples if limit is None else examples[:limit]

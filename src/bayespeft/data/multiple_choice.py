@@ -16,21 +16,34 @@ Offline quirks handled here (see the ``SOURCE.md`` of each data folder):
 from __future__ import annotations
 
 import csv
-import json
-import random
 import re
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple, TypeVar
 
+from bayespeft.data.records import (
+    SPLITS,
+    BadRow,
+    Locator,
+    RowConverter,
+    Rows,
+    at,
+    check_load_args,
+    convert_rows,
+    get,
+    hub_rows,
+    jsonl_rows,
+    open_data,
+    seeded_part,
+    text,
+    warn_once,
+    with_aligned_labels,
+)
 from bayespeft.errors import ConfigError, DataError
 
 __all__ = ["MMLU_GROUPS", "MMLU_SUBJECTS", "SPLITS", "MCExample", "list_mc_datasets", "load_mc_dataset"]
-
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 MMLU_SUBJECTS: tuple[str, ...] = (
     "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
@@ -84,6 +97,8 @@ _BOOLQ_PASSAGE_CHARS = 1024
 _HELLASWAG_LINES_PER_ITEM = 6
 _warned: set[str] = set()
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class MCExample:
@@ -98,10 +113,6 @@ class MCExample:
     answer_labels: tuple[str, ...]
     label: int
     dataset: str
-
-
-class _BadRow(Exception):
-    """A record that cannot be converted; the caller adds where it came from."""
 
 
 class _Request(NamedTuple):
@@ -119,11 +130,11 @@ class _Request(NamedTuple):
 def _prompt_example(dataset: str, uid: str, intro: str, body: str, choices: Sequence[str], label: int) -> MCExample:
     """Build the lettered prompt ``intro / body / Choices: A) .. / Answer:``."""
     if not 2 <= len(choices) <= len(_LETTERS):
-        raise _BadRow(f"expected 2 to {len(_LETTERS)} choices, got {len(choices)}")
+        raise BadRow(f"expected 2 to {len(_LETTERS)} choices, got {len(choices)}")
     if not 0 <= label < len(choices):
-        raise _BadRow(f"answer index {label} out of range for {len(choices)} choices")
+        raise BadRow(f"answer index {label} out of range for {len(choices)} choices")
     letters = tuple(_LETTERS[: len(choices)])
-    lines = "".join(f"{letter}) {text}\n" for letter, text in zip(letters, choices, strict=True))
+    lines = "".join(f"{letter}) {choice}\n" for letter, choice in zip(letters, choices, strict=True))
     prompt = f"{intro}\n\n{body}\nChoices:\n{lines}Answer:"
     return MCExample(uid=uid, prompt=prompt, answer_labels=letters, label=label, dataset=dataset)
 
@@ -133,39 +144,19 @@ def _qa_example(
 ) -> MCExample:
     """A question with choices tagged by ``keys`` (e.g. "A".."E" or "1".."4") and a gold key."""
     if answer_key not in keys:
-        raise _BadRow(f"answer key {answer_key!r} is not among the choice labels {list(keys)}")
+        raise BadRow(f"answer key {answer_key!r} is not among the choice labels {list(keys)}")
     return _prompt_example(dataset, uid, _QA_INTRO, f"Question: {question}", choices, keys.index(answer_key))
 
 
 # ----------------------------------------------------------------------------- field access
 
 
-def _get(row: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    """``row[key]`` checked to be of ``kind``."""
-    try:
-        value = row[key]
-    except (KeyError, TypeError):
-        raise _BadRow(f"missing field {key!r}") from None
-    if not isinstance(value, kind):
-        expected = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
-        raise _BadRow(f"field {key!r} has type {type(value).__name__}, expected {expected}")
-    return value
-
-
-def _text(row: Mapping[str, Any], key: str) -> str:
-    """A non-empty, whitespace-stripped string field."""
-    value = _get(row, key, str).strip()
-    if not value:
-        raise _BadRow(f"field {key!r} is empty")
-    return value
-
-
 def _texts(values: Any, what: str) -> list[str]:
     """A list of non-empty stripped strings (choice texts or choice labels)."""
     if not isinstance(values, Sequence) or isinstance(values, str):
-        raise _BadRow(f"{what} should be a list, got {type(values).__name__}")
+        raise BadRow(f"{what} should be a list, got {type(values).__name__}")
     if not all(isinstance(v, str) and v.strip() for v in values):
-        raise _BadRow(f"{what} must be non-empty strings, got {list(values)!r}")
+        raise BadRow(f"{what} must be non-empty strings, got {list(values)!r}")
     return [v.strip() for v in values]
 
 
@@ -174,33 +165,33 @@ def _index_label(value: Any, n: int, key: str) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
-        raise _BadRow(f"field {key!r} should be an answer index in 0..{n - 1}, got {value!r}")
+        raise BadRow(f"field {key!r} should be an answer index in 0..{n - 1}, got {value!r}")
     return value
 
 
 # ----------------------------------------------------------------------------- per-dataset rows
-# Each converter takes (row, dataset, fallback uid) and raises _BadRow on bad content.
+# Each converter takes (row, dataset, fallback uid) and raises BadRow on bad content.
 
 
 def _arc_file_row(row: Mapping[str, Any], dataset: str, uid: str) -> MCExample:
     """ARC release JSONL: ``{id, question: {stem, choices: [{text, label}]}, answerKey}``."""
-    question = _get(row, "question", Mapping)
-    choices = _get(question, "choices", list)
+    question = get(row, "question", Mapping)
+    choices = get(question, "choices", list)
     if not all(isinstance(c, Mapping) for c in choices):
-        raise _BadRow("question.choices must be a list of {text, label} objects")
+        raise BadRow("question.choices must be a list of {text, label} objects")
     texts = _texts([c.get("text") for c in choices], "choice texts")
     keys = _texts([c.get("label") for c in choices], "choice labels")
-    return _qa_example(dataset, _text(row, "id"), _text(question, "stem"), texts, keys, _text(row, "answerKey"))
+    return _qa_example(dataset, text(row, "id"), text(question, "stem"), texts, keys, text(row, "answerKey"))
 
 
 def _lettered_hub_row(row: Mapping[str, Any], dataset: str, uid: str, question_key: str) -> MCExample:
     """Hub ARC / OpenBookQA: ``{id, <question_key>, choices: {text, label}, answerKey}``."""
-    choices = _get(row, "choices", Mapping)
+    choices = get(row, "choices", Mapping)
     texts = _texts(choices.get("text"), "choices.text")
     keys = _texts(choices.get("label"), "choices.label")
     if len(texts) != len(keys):
-        raise _BadRow(f"{len(texts)} choice texts but {len(keys)} choice labels")
-    return _qa_example(dataset, _text(row, "id"), _text(row, question_key), texts, keys, _text(row, "answerKey"))
+        raise BadRow(f"{len(texts)} choice texts but {len(keys)} choice labels")
+    return _qa_example(dataset, text(row, "id"), text(row, question_key), texts, keys, text(row, "answerKey"))
 
 
 _OBQA_CHOICES = re.compile(r"\(A\) (.*?) \(B\) (.*?) \(C\) (.*?) \(D\) (.*)", re.DOTALL)
@@ -212,31 +203,31 @@ def _obqa_file_row(row: Mapping[str, Any], dataset: str, uid: str) -> MCExample:
     Markers are matched in order and the first occurrence wins, so a stray repeated marker
     inside an option stays part of that option instead of creating a fifth choice.
     """
-    match = _OBQA_CHOICES.fullmatch(_text(row, "Choices"))
+    match = _OBQA_CHOICES.fullmatch(text(row, "Choices"))
     if match is None:
-        raise _BadRow("field 'Choices' is not of the form '(A) .. (B) .. (C) .. (D) ..'")
+        raise BadRow("field 'Choices' is not of the form '(A) .. (B) .. (C) .. (D) ..'")
     texts = _texts(match.groups(), "choices")
-    return _qa_example(dataset, _text(row, "ID"), _text(row, "Question Stem"), texts, "ABCD", _text(row, "Answer Key"))
+    return _qa_example(dataset, text(row, "ID"), text(row, "Question Stem"), texts, "ABCD", text(row, "Answer Key"))
 
 
 def _winogrande_row(row: Mapping[str, Any], dataset: str, uid: str) -> MCExample:
     """WinoGrande (release JSONL and hub): ``{qID?, sentence, option1, option2, answer "1"/"2"}``."""
-    options = [_text(row, "option1"), _text(row, "option2")]
+    options = [text(row, "option1"), text(row, "option2")]
     row_id = row.get("qID")
     return _qa_example(
         dataset,
         row_id.strip() if isinstance(row_id, str) and row_id.strip() else uid,
-        _text(row, "sentence"),
+        text(row, "sentence"),
         options,
         ("1", "2"),
-        _text(row, "answer"),
+        text(row, "answer"),
     )
 
 
 def _boolq_example(row: Mapping[str, Any], dataset: str, uid: str, answer: bool) -> MCExample:
     """BoolQ as a two-choice question; the passage is cut to 1024 characters."""
-    passage = _text(row, "passage")[:_BOOLQ_PASSAGE_CHARS].rstrip()
-    question = _text(row, "question")
+    passage = text(row, "passage")[:_BOOLQ_PASSAGE_CHARS].rstrip()
+    question = text(row, "question")
     if not question.endswith("?"):
         question += "?"
     body = f"Passage: {passage}\nQuestion: {question}"
@@ -248,83 +239,60 @@ def _boolq_file_row(row: Mapping[str, Any], dataset: str, uid: str) -> MCExample
 
     The id is the official dev index, so it stays the same whichever offline split holds it.
     """
-    label = _get(row, "label", (bool, str))
+    label = get(row, "label", (bool, str))
     if isinstance(label, str):
         if label not in ("true", "false"):
-            raise _BadRow(f"field 'label' should be 'true' or 'false', got {label!r}")
+            raise BadRow(f"field 'label' should be 'true' or 'false', got {label!r}")
         label = label == "true"
-    idx = _get(row, "idx", int)
+    idx = get(row, "idx", int)
     return _boolq_example(row, dataset, f"boolq:validation:{idx}", label)
 
 
 def _boolq_hub_row(row: Mapping[str, Any], dataset: str, uid: str) -> MCExample:
     """Hub ``google/boolq``: ``{question, passage, answer: bool}``."""
-    return _boolq_example(row, dataset, uid, _get(row, "answer", bool))
+    return _boolq_example(row, dataset, uid, get(row, "answer", bool))
 
 
 def _piqa_row(row: Mapping[str, Any], dataset: str, uid: str) -> MCExample:
     """PIQA (hub, or release JSONL with its ``.lst`` label merged in): ``{goal, sol1, sol2, label}``."""
-    label = _index_label(_get(row, "label", (int, str)), 2, "label")
-    body = f"Question: {_text(row, 'goal')}"
-    return _prompt_example(dataset, uid, _QA_INTRO, body, [_text(row, "sol1"), _text(row, "sol2")], label)
+    label = _index_label(get(row, "label", (int, str)), 2, "label")
+    body = f"Question: {text(row, 'goal')}"
+    return _prompt_example(dataset, uid, _QA_INTRO, body, [text(row, "sol1"), text(row, "sol2")], label)
 
 
 def _hellaswag_row(row: Mapping[str, Any], dataset: str, uid: str) -> MCExample:
     """HellaSwag: ``{activity_label?, ctx, endings, label}``; the context reads ``"<activity>: <ctx>"``."""
-    context = _text(row, "ctx")
+    context = text(row, "ctx")
     activity = row.get("activity_label")
     if isinstance(activity, str) and activity.strip():
         context = f"{activity.strip()}: {context}"
-    endings = _texts(_get(row, "endings", (list, tuple)), "endings")
-    label = _index_label(_get(row, "label", (int, str)), len(endings), "label")
+    endings = _texts(get(row, "endings", (list, tuple)), "endings")
+    label = _index_label(get(row, "label", (int, str)), len(endings), "label")
     return _prompt_example(dataset, uid, _HELLASWAG_INTRO, f"Context: {context}", endings, label)
 
 
 def _mmlu_file_row(row: Mapping[str, Any], dataset: str, uid: str) -> MCExample:
     """MMLU CSV columns (named by the reader): question, A, B, C, D, answer letter."""
-    texts = [_text(row, letter) for letter in "ABCD"]
-    return _qa_example(dataset, uid, _text(row, "question"), texts, "ABCD", _text(row, "answer"))
+    texts = [text(row, letter) for letter in "ABCD"]
+    return _qa_example(dataset, uid, text(row, "question"), texts, "ABCD", text(row, "answer"))
 
 
 def _mmlu_hub_row(row: Mapping[str, Any], dataset: str, uid: str) -> MCExample:
     """Hub ``cais/mmlu``: ``{question, choices: [4 texts], answer: int}``."""
-    texts = _texts(_get(row, "choices", (list, tuple)), "choices")
-    label = _index_label(_get(row, "answer", int), len(texts), "answer")
-    return _qa_example(dataset, uid, _text(row, "question"), texts, _LETTERS[: len(texts)], _LETTERS[label])
+    texts = _texts(get(row, "choices", (list, tuple)), "choices")
+    label = _index_label(get(row, "answer", int), len(texts), "answer")
+    return _qa_example(dataset, uid, text(row, "question"), texts, _LETTERS[: len(texts)], _LETTERS[label])
 
 
 # ----------------------------------------------------------------------------- file readers
 # Readers yield (line number, row mapping) and raise DataError for unparsable lines.
 
-Rows = Iterator[tuple[int, Mapping[str, Any]]]
-RowConverter = Callable[[Mapping[str, Any], str, str], MCExample]
-
-
-def _open(path: Path, request: _Request) -> TextIO:
-    """Open a data file, or say which dataset and split needed it."""
-    if not path.is_file():
-        raise DataError(f"{request.dataset} {request.split}: data file not found: {path}")
-    return path.open(encoding="utf-8", newline="")
-
-
-def _jsonl_rows(path: Path, request: _Request) -> Rows:
-    """Non-blank lines of a JSONL file, each a JSON object."""
-    with _open(path, request) as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
+_PIQA_LABELS = {"0": 0, "1": 1}
 
 
 def _delimited_rows(path: Path, request: _Request, columns: Sequence[str], *, tsv: bool) -> Rows:
     """CSV (quoted, no header) or TSV (unquoted, header must equal ``columns``) rows keyed by column."""
-    with _open(path, request) as handle:
+    with open_data(path, request) as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(handle)
         end = 0
         while True:
@@ -347,25 +315,9 @@ def _delimited_rows(path: Path, request: _Request, columns: Sequence[str], *, ts
             yield start, dict(zip(columns, cells, strict=True))
 
 
-def _with_labels(rows: Rows, labels_path: Path, request: _Request) -> Rows:
-    """Merge a ``.lst`` file (one label per line, aligned with ``rows``) in as ``row["label"]``."""
-    with _open(labels_path, request) as handle:
-        labels = [(n, line.strip()) for n, line in enumerate(handle, 1) if line.strip()]
-    count = 0
-    for count, (lineno, row) in enumerate(rows, 1):
-        if count > len(labels):
-            raise DataError(f"{labels_path}: has {len(labels)} labels but more records follow in the data")
-        label_line, label = labels[count - 1]
-        if label not in ("0", "1"):
-            raise DataError(f"{labels_path}:{label_line}: expected label 0 or 1, got {label!r}")
-        yield lineno, {**row, "label": int(label)}
-    if count != len(labels):
-        raise DataError(f"{labels_path}: has {len(labels)} labels but the data has {count} records")
-
-
 def _hellaswag_rows(path: Path, request: _Request) -> Rows:
     """Plain-text HellaSwag: 6 lines per item (context, gold index, 4 endings)."""
-    with _open(path, request) as handle:
+    with open_data(path, request) as handle:
         lines = handle.read().split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -380,26 +332,15 @@ def _hellaswag_rows(path: Path, request: _Request) -> Rows:
         yield start + 1, {"ctx": context, "label": int(gold), "endings": endings}
 
 
-def _at(path: Path) -> Callable[[int], str]:
-    """Locator ``path:LINE`` for error messages."""
-    return lambda line: f"{path}:{line}"
-
-
 def _convert(
     rows: Iterable[tuple[int, Mapping[str, Any]]],
-    where: Callable[[int], str],
-    convert: RowConverter,
+    where: Locator,
+    convert: RowConverter[MCExample],
     request: _Request,
 ) -> list[MCExample]:
-    """Convert rows, turning ``_BadRow`` into ``DataError("<where(line)>: ...")``."""
-    examples = []
-    for index, (line, row) in enumerate(rows):
-        fallback = f"{request.uid_prefix}:{request.split}:{index}"
-        try:
-            examples.append(convert(row, request.dataset, fallback))
-        except _BadRow as err:
-            raise DataError(f"{where(line)}: {err}") from None
-    return examples
+    """Convert rows; each converter call gets the fallback uid ``<prefix>:<split>:<index>``."""
+    fallback = f"{request.uid_prefix}:{request.split}"
+    return convert_rows(rows, where, convert, request.dataset, lambda index, row: f"{fallback}:{index}")
 
 
 # ----------------------------------------------------------------------------- offline loaders
@@ -408,16 +349,9 @@ def _convert(
 OfflineLoader = Callable[[Path, _Request], list[MCExample]]
 
 
-def _warn_once(key: str, message: str) -> None:
-    """Emit a UserWarning the first time ``key`` is seen in this process."""
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, UserWarning, stacklevel=4)
-
-
-def _offline_jsonl(data_dir: Path, request: _Request, file: str, convert: RowConverter) -> list[MCExample]:
+def _offline_jsonl(data_dir: Path, request: _Request, file: str, convert: RowConverter[MCExample]) -> list[MCExample]:
     path = data_dir / file
-    return _convert(_jsonl_rows(path, request), _at(path), convert, request)
+    return _convert(jsonl_rows(path, request), at(path), convert, request)
 
 
 _OBQA_COLUMNS = ("ID", "Question Stem", "Choices", "Complete Question", "Answer Key")
@@ -426,52 +360,61 @@ _MMLU_COLUMNS = ("question", "A", "B", "C", "D", "answer")
 
 def _offline_obqa(data_dir: Path, request: _Request, file: str) -> list[MCExample]:
     path = data_dir / file
-    return _convert(_delimited_rows(path, request, _OBQA_COLUMNS, tsv=True), _at(path), _obqa_file_row, request)
+    return _convert(_delimited_rows(path, request, _OBQA_COLUMNS, tsv=True), at(path), _obqa_file_row, request)
 
 
 def _offline_mmlu(data_dir: Path, request: _Request, subject: str, folder: str) -> list[MCExample]:
     path = data_dir / "mmlu" / folder / f"{subject}_{folder}.csv"
     rows = _delimited_rows(path, request, _MMLU_COLUMNS, tsv=False)
-    return _convert(rows, _at(path), _mmlu_file_row, request)
+    return _convert(rows, at(path), _mmlu_file_row, request)
 
 
 def _offline_sample(data_dir: Path, request: _Request, kind: str) -> list[MCExample]:
     """The 40-item PIQA / HellaSwag validation samples (warns that they are samples)."""
     if kind == "piqa":
         path = data_dir / "piqa" / "sample.jsonl"
-        rows = _with_labels(_jsonl_rows(path, request), data_dir / "piqa" / "sample-labels.lst", request)
-        examples = _convert(rows, _at(path), _piqa_row, request)
+        labels = data_dir / "piqa" / "sample-labels.lst"
+        rows = with_aligned_labels(jsonl_rows(path, request), labels, request, _PIQA_LABELS)
+        examples = _convert(rows, at(path), _piqa_row, request)
     else:
         path = data_dir / "hellaswag" / "sample.txt"
-        examples = _convert(_hellaswag_rows(path, request), _at(path), _hellaswag_row, request)
-    _warn_once(
+        examples = _convert(_hellaswag_rows(path, request), at(path), _hellaswag_row, request)
+    warn_once(
+        _warned,
         kind,
         f"offline {kind} validation is a {len(examples)}-item sample of the official validation split; "
         "load from the hub (data_dir=None) for the full split",
+        stacklevel=3,
     )
     return examples
 
 
-def _offline_boolq(data_dir: Path, request: _Request) -> list[MCExample]:
-    """Seeded split of the official BoolQ dev set: ``validation`` gets 1000 items, ``train`` the rest.
+def _split_boolq(examples: list[T], path: Path, request: _Request, warned: set[str]) -> list[T]:
+    """The ``request.split`` part of the seeded BoolQ split of ``examples`` (the official dev set,
+    read from ``path``): ``validation`` gets 1000 items, ``train`` the rest.
 
-    The permutation comes from ``random.Random(1234 + seed)``; each part keeps file order.
+    The permutation comes from ``random.Random(1234 + seed)``; each part keeps file order. Shared
+    with :mod:`bayespeft.data.classification`; warns once per ``warned``.
     """
-    path = data_dir / "boolq" / "val.jsonl"
-    examples = _convert(_jsonl_rows(path, request), _at(path), _boolq_file_row, request)
     if len(examples) <= BOOLQ_VALIDATION_SIZE:
         raise DataError(f"{path}: needs more than {BOOLQ_VALIDATION_SIZE} records to split, has {len(examples)}")
-    order = list(range(len(examples)))
-    random.Random(_BOOLQ_SEED_OFFSET + request.seed).shuffle(order)
-    validation = set(order[:BOOLQ_VALIDATION_SIZE])
-    _warn_once(
+    warn_once(
+        warned,
         "boolq",
         "offline BoolQ train/validation are a seeded split of the official dev set "
         f"({len(examples) - BOOLQ_VALIDATION_SIZE}/{BOOLQ_VALIDATION_SIZE}); "
         "there is no official train data offline",
+        stacklevel=4,
     )
-    want_validation = request.split == "validation"
-    return [ex for i, ex in enumerate(examples) if (i in validation) == want_validation]
+    seed = _BOOLQ_SEED_OFFSET + request.seed
+    return seeded_part(examples, BOOLQ_VALIDATION_SIZE, seed, request.split == "validation")
+
+
+def _offline_boolq(data_dir: Path, request: _Request) -> list[MCExample]:
+    """Seeded split of the official BoolQ dev set (see :func:`_split_boolq`)."""
+    path = data_dir / "boolq" / "val.jsonl"
+    examples = _convert(jsonl_rows(path, request), at(path), _boolq_file_row, request)
+    return _split_boolq(examples, path, request, _warned)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -486,7 +429,7 @@ class _Spec:
     hub_path: str
     hub_config: str | None
     hub_splits: Mapping[str, str]  # split -> hub split name (labelled splits only)
-    from_hub: RowConverter
+    from_hub: RowConverter[MCExample]
 
 
 _TRAIN_VAL_TEST = {"train": "train", "validation": "validation", "test": "test"}
@@ -620,12 +563,8 @@ def _specs_for(name: str) -> list[_Spec]:
 
 def _load_hub(spec: _Spec, request: _Request) -> list[MCExample]:
     """Rows of the hub split converted with the spec's row converter."""
-    import datasets  # slow import, only needed online
-
-    hub_split = spec.hub_splits[request.split]
-    source = spec.hub_path + (f" ({spec.hub_config})" if spec.hub_config else "")
-    rows = datasets.load_dataset(spec.hub_path, spec.hub_config, split=hub_split)
-    return _convert(enumerate(rows), lambda i: f"{source} split {hub_split} row {i}", spec.from_hub, request)
+    rows, where = hub_rows(spec.hub_path, spec.hub_config, spec.hub_splits[request.split])
+    return _convert(rows, where, spec.from_hub, request)
 
 
 def load_mc_dataset(
@@ -644,21 +583,7 @@ def load_mc_dataset(
     """
     canonical = _canonical(name)
     specs = _specs_for(canonical)
-    if split not in SPLITS:
-        raise ConfigError(
-            f"unknown split {split!r} for {canonical}; choose one of {', '.join(SPLITS)} "
-            f"(offline data has: {', '.join(specs[0].offline)})"
-        )
-    if limit is not None and limit < 0:
-        raise ConfigError(f"limit must be >= 0, got {limit}")
-    offline_dir = None if data_dir is None else Path(data_dir)
-    if offline_dir is not None and not offline_dir.is_dir():
-        raise DataError(f"data directory does not exist: {offline_dir}")
-    available = specs[0].offline if offline_dir is not None else specs[0].hub_splits
-    if split not in available:
-        source = "offline data" if offline_dir is not None else "the hub (labelled splits)"
-        raise ConfigError(f"{canonical} has no {split!r} split in {source}; available: {', '.join(available)}")
-
+    offline_dir = check_load_args(canonical, split, data_dir, limit, specs[0].offline, specs[0].hub_splits)
     examples: list[MCExample] = []
     for spec in specs:
         request = _Request(canonical, split, spec.uid_prefix, seed)

@@ -18,6 +18,7 @@ from .ensemble import EnsembleConfig, EnsembleLora
 from .lora import MapConfig, MapLora, MleConfig, MleLora
 from .mcdropout import McDropoutConfig, McDropoutLora
 from .tfb import TfbConfig, TfbLora
+from .weight_noise import WeightNoise, WeightNoiseConfig
 
 __all__ = [
     "BbbConfig",
@@ -40,6 +41,8 @@ __all__ = [
     "TfbConfig",
     "TfbLora",
     "TrainingContext",
+    "WeightNoise",
+    "WeightNoiseConfig",
     "build_method",
     "method_class",
     "method_config_class",

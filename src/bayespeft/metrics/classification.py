@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -380,21 +381,69 @@ class UncertaintyMetrics:
         return _plot_reliability(bins, scores, os.fspath(path), title)
 
 
+_ACCURACY_COLOR = "#4C72B0"
+_GAP_STYLE = {"facecolor": (0.84, 0.15, 0.16, 0.25), "edgecolor": (0.84, 0.15, 0.16, 0.9), "hatch": "///"}
+
+
+def _draw_diagonal(ax: Any, lw: float) -> None:
+    """The dashed perfect-calibration line of a reliability panel."""
+    ax.plot([0, 1], [0, 1], ls="--", color="0.35", lw=lw, zorder=3)
+
+
+def _draw_reliability_bars(ax: Any, bins: ReliabilityBins, lw: float) -> None:
+    """Accuracy bars of the non-empty bins, with hatched bars spanning the gap to their mean confidence."""
+    import numpy as np
+
+    edges = bins.edges.numpy()
+    acc = bins.accuracy.numpy()
+    conf = bins.confidence.numpy()
+    left, width = edges[:-1], edges[1:] - edges[:-1]
+    filled = bins.count.numpy() > 0
+    ax.bar(
+        left[filled],
+        acc[filled],
+        width=width[filled],
+        align="edge",
+        color=_ACCURACY_COLOR,
+        edgecolor="white",
+        linewidth=lw,
+        zorder=1,
+    )
+    ax.bar(
+        left[filled],
+        np.abs(acc[filled] - conf[filled]),
+        bottom=np.minimum(acc[filled], conf[filled]),
+        width=width[filled],
+        align="edge",
+        linewidth=lw,
+        zorder=2,
+        **_GAP_STYLE,
+    )
+
+
+def _reliability_legend_handles(diagonal_lw: float) -> list[Any]:
+    """Legend entries for :func:`_draw_reliability_bars` and :func:`_draw_diagonal`."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    return [
+        Patch(facecolor=_ACCURACY_COLOR, label="Accuracy"),
+        Patch(label="Gap to confidence", **_GAP_STYLE),
+        plt.Line2D([], [], ls="--", color="0.35", lw=diagonal_lw, label="Perfect calibration"),
+    ]
+
+
 def _plot_reliability(bins: ReliabilityBins, scores: dict[str, float], path: str, title: str | None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
     from matplotlib.patches import Patch
 
     edges = bins.edges.numpy()
     count = bins.count.numpy()
-    acc = bins.accuracy.numpy()
-    conf = bins.confidence.numpy()
     width = edges[1:] - edges[:-1]
     left = edges[:-1]
-    filled = count > 0
 
     with plt.rc_context(
         {
@@ -415,39 +464,10 @@ def _plot_reliability(bins: ReliabilityBins, scores: dict[str, float], path: str
             constrained_layout=False,
         )
         try:
-            ax.plot([0, 1], [0, 1], ls="--", color="0.35", lw=1.0, zorder=3)
-            ax.bar(
-                left[filled],
-                acc[filled],
-                width=width[filled],
-                align="edge",
-                color="#4C72B0",
-                edgecolor="white",
-                linewidth=0.6,
-                zorder=1,
-            )
-            lower = acc[filled].clip(max=conf[filled])
-            ax.bar(
-                left[filled],
-                np.abs(acc[filled] - conf[filled]),
-                bottom=lower,
-                width=width[filled],
-                align="edge",
-                facecolor=(0.84, 0.15, 0.16, 0.25),
-                edgecolor=(0.84, 0.15, 0.16, 0.9),
-                hatch="///",
-                linewidth=0.6,
-                zorder=2,
-            )
+            _draw_diagonal(ax, lw=1.0)
+            _draw_reliability_bars(ax, bins, lw=0.6)
             handles = [
-                Patch(facecolor="#4C72B0", label="Accuracy"),
-                Patch(
-                    facecolor=(0.84, 0.15, 0.16, 0.25),
-                    edgecolor=(0.84, 0.15, 0.16, 0.9),
-                    hatch="///",
-                    label="Gap to confidence",
-                ),
-                plt.Line2D([], [], ls="--", color="0.35", lw=1.0, label="Perfect calibration"),
+                *_reliability_legend_handles(diagonal_lw=1.0),
                 Patch(color="none", label=f"ECE = {100 * scores['ece']:.2f}%"),
             ]
             ax.legend(handles=handles, loc="upper left", frameon=False, handlelength=1.6)

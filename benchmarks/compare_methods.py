@@ -1,10 +1,13 @@
-"""MLE vs MAP vs BLoB on ARC-Easy with SmolLM2-135M-Instruct: same data, steps and seed.
+"""Methods compared on one dataset and backbone with the same data, steps and seed (default: MLE vs MAP
+vs BLoB on ARC-Easy with SmolLM2-135M-Instruct).
 
 Each method trains in its own process (so peak memory is its own) through the real CLI, then
 is evaluated on the dev set with N posterior samples. Prints a table and writes JSON with
 ACC/ECE/NLL/Brier per method, the BLoB/MLE training-step time ratio and peak memory.
 
-    python benchmarks/mc_arc_easy.py --steps 1500 --out benchmarks/results/mc_arc_easy.json
+    python benchmarks/compare_methods.py --steps 500 --out benchmarks/results/arc_easy_smollm2.json
+    python benchmarks/compare_methods.py --model minilm-l6 --dataset mrpc --batch-size 16 --lr 5e-4 \\
+        --blob-extra method.kl_lr=0.002 --out benchmarks/results/mrpc_minilm.json
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-train-examples", type=int)
     parser.add_argument("--max-eval-examples", type=int, help="default: the full dev set")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--max-length", type=int, default=300, help="token limit per example")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_mc"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "mc_arc_easy.json"))
+    parser.add_argument("--work-dir", default=str(ROOT / "runs" / "compare_methods"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compare_methods.json"))
     parser.add_argument("--extra", nargs="*", default=[], help="more dotted overrides for every method")
     parser.add_argument("--blob-extra", nargs="*", default=[], help="more dotted overrides for the BLoB methods")
     return parser.parse_args()
@@ -76,6 +80,8 @@ def run_method(args: argparse.Namespace, method: str) -> dict:
         str(args.seed),
         "--checkpoint-every",
         str(max(args.steps, 1)),
+        "--max-seq-len",
+        str(args.max_length),
         *args.extra,
     ]
     if args.max_train_examples:

@@ -1,0 +1,562 @@
+"""Sweeps: run a grid of configurations, each point a normal run directory.
+
+``bayespeft sweep SPEC.yaml`` (or flags, which win over the spec) reads::
+
+    base: configs/base.yaml        # a config file (composed: defaults, groups) or an inline mapping
+    config_dir: configs            # folder of the group files (default: the base file's folder)
+    overrides: [train.max_steps=100]           # fixed for every point
+    grid: {method.beta: [0.1, 0.2, 0.3], method.gamma: [4, 8, 12]}  # a key without a dot picks group files
+    seeds: [1, 2]                  # train.seed
+    datasets: [arc_easy]           # data.dataset
+    output_dir: runs/sweep1
+
+Paths are relative to the working directory. Points are the cartesian product of the grid
+values, datasets and seeds; every point's config is composed and validated before anything
+runs. Each point runs in ``<output_dir>/<name>`` (e.g. ``beta=0.1__gamma=4__seed=1__data=arc_easy``):
+a point with ``metrics.json`` is skipped, one with a saved config is resumed, the others start;
+a directory holding a run of another config is an error. ``<output_dir>`` also gets:
+
+``sweep.json``     the manifest: spec, points (values, overrides, status, summary), written atomically
+``plots/<q>.png``  for q in nll, kl, weighted_kl, neg_elbo: the per-step trajectory, one line per
+                   configuration (mean over seeds, each seed thin); quantities no run logs are skipped
+``results.md``     per point: final KL and weighted KL, negative ELBO (mean over the last 10% of steps),
+                   ACC, ECE, NLL; then mean ± population std over seeds per configuration
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .checkpoint import read_json, write_json_atomic, write_text_atomic
+from .compose import GROUPS, compose_config
+from .config import RunConfig, load_config
+from .errors import BayesPeftError, ConfigError, RunDirError
+from .report import aggregate, collect_results, to_markdown
+
+__all__ = [
+    "QUANTITIES",
+    "SweepPoint",
+    "SweepSpec",
+    "add_sweep_parser",
+    "execute_sweep",
+    "expand_sweep",
+    "load_sweep_spec",
+    "parse_grid_option",
+    "run_sweep",
+]
+
+#: Per-step quantities of ``train_log.jsonl`` plotted per sweep: key -> axis title.
+QUANTITIES = {"nll": "NLL (batch)", "kl": "KL", "weighted_kl": "weighted KL (π · KL)", "neg_elbo": "−ELBO (batch)"}
+_SPEC_KEYS = ("base", "config_dir", "overrides", "grid", "seeds", "datasets", "output_dir")
+_SEED_KEY, _DATA_KEY = "train.seed", "data.dataset"
+
+
+@dataclass
+class SweepSpec:
+    """What to sweep: a base config, fixed overrides, the grid, seeds, datasets and the output folder."""
+
+    base: Path | dict[str, Any] | None = None
+    config_dir: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: list[int] | None = None
+    datasets: list[str] | None = None
+    output_dir: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        plain = dataclasses.asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in plain.items()}
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One run of the sweep: its swept values (dotted key or group -> value) and resolved config."""
+
+    name: str
+    values: dict[str, Any]
+    overrides: list[str]
+    label: str  # the configuration without the seed (one line in the plots)
+    row: str  # the configuration without seed and dataset (one row of the seed-averaged table)
+    config: RunConfig
+
+
+# --------------------------------------------------------------------------- spec
+
+
+def load_sweep_spec(path: str | Path) -> SweepSpec:
+    """Read a sweep spec YAML; errors name the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: sweep spec not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with {', '.join(_SPEC_KEYS)}")
+    unknown = sorted(set(raw) - set(_SPEC_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep key {unknown[0]!r} (known: {', '.join(_SPEC_KEYS)})")
+    base = raw.get("base")
+    if base is not None and not isinstance(base, str | dict):
+        raise ConfigError(f"{path}: base must be a config file path or a mapping, got {base!r}")
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{path}: grid must map keys to lists of values, got {grid!r}")
+    for key, values in grid.items():
+        if not isinstance(values, list):
+            raise ConfigError(
+                f"{path}: grid {key} must be a list of values, got {values!r} (fixed values go in overrides)"
+            )
+    overrides = raw.get("overrides") or []
+    if not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
+        raise ConfigError(f"{path}: overrides must be a list of 'key=value' strings, got {overrides!r}")
+    return SweepSpec(
+        base=Path(base) if isinstance(base, str) else base,
+        config_dir=_optional_path(raw.get("config_dir"), path, "config_dir"),
+        overrides=overrides,
+        grid={str(k).strip(): v for k, v in grid.items()},
+        seeds=raw.get("seeds"),
+        datasets=raw.get("datasets"),
+        output_dir=_optional_path(raw.get("output_dir"), path, "output_dir"),
+    )
+
+
+def _optional_path(value: Any, path: Path, name: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{path}: {name} must be a path, got {value!r}")
+    return Path(value)
+
+
+def parse_grid_option(items: Sequence[str]) -> dict[str, list[Any]]:
+    """``["method.beta=0.1,0.2", "model.lora.target_modules=[[q_proj],[q_proj,v_proj]]"]`` -> grid.
+
+    Values are split on commas and read as YAML; a value starting with ``[`` is one YAML list.
+    """
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. method.beta=0.1,0.2")
+        if key in grid:
+            raise ConfigError(f"contradictory sweep: --grid gives {key} twice")
+        if text.strip().startswith("["):
+            values = yaml.safe_load(text)
+            if not isinstance(values, list):
+                raise ConfigError(f"--grid {item!r}: expected a YAML list of values")
+        else:
+            values = [yaml.safe_load(v) for v in text.split(",") if v.strip()]
+        grid[key] = values
+    return grid
+
+
+# --------------------------------------------------------------------------- expansion
+
+
+def expand_sweep(spec: SweepSpec) -> list[SweepPoint]:
+    """The points of ``spec``, each config composed and validated; nothing is written.
+
+    Raises ConfigError for an empty sweep or value list, a repeated value, a key both swept
+    and fixed, and for any point whose config is invalid (naming the point's values).
+    """
+    axes = dict(spec.grid)
+    for key, values, what in ((_DATA_KEY, spec.datasets, "datasets"), (_SEED_KEY, spec.seeds, "seeds")):
+        if values is None:
+            continue
+        if key in axes:
+            raise ConfigError(f"contradictory sweep: {key} is in the grid and in {what}; give it once")
+        if not isinstance(values, list):
+            raise ConfigError(f"{what} must be a list, got {values!r}")
+        axes[key] = values
+    if not axes:
+        raise ConfigError("empty sweep: give a grid, seeds or datasets to vary")
+    fixed = {item.partition("=")[0].strip(): item for item in spec.overrides}
+    for key, values in axes.items():
+        if key in fixed:
+            raise ConfigError(f"contradictory sweep: {key} is swept and also fixed by override {fixed[key]!r}")
+        if not values:
+            raise ConfigError(f"empty sweep grid: {key} has no values")
+        seen: list[Any] = []
+        for value in values:
+            if value in seen:
+                raise ConfigError(f"sweep grid {key} lists {value!r} twice")
+            seen.append(value)
+    _check_axis_types(spec, axes)
+
+    compose_config(spec.base, {}, spec.overrides, config_dir=spec.config_dir)  # base errors, once
+    short = _short_names(list(axes))
+    points: list[SweepPoint] = []
+    names: dict[str, dict[str, Any]] = {}
+    for combination in itertools.product(*axes.values()):
+        values = dict(zip(axes, combination, strict=True))
+        name = "__".join(f"{short[k]}={_sanitise(_text(v))}" for k, v in values.items())
+        described = ", ".join(f"{k}={_text(v)}" for k, v in values.items())
+        if name in names:
+            raise ConfigError(f"sweep points ({described}) and ({names[name]}) get the same directory name {name}")
+        names[name] = described
+        overrides = [*spec.overrides, *(_override(k, v) for k, v in values.items())]
+        try:
+            config = compose_config(spec.base, {}, overrides, config_dir=spec.config_dir)
+        except ConfigError as exc:
+            raise ConfigError(f"sweep point {name} ({described}): {exc}") from None
+        swept = {k: v for k, v in values.items() if k != _SEED_KEY}
+        grid_part = [f"{short[k]}={_text(v)}" for k, v in swept.items() if k != _DATA_KEY]
+        points.append(
+            SweepPoint(
+                name=name,
+                values=values,
+                overrides=overrides,
+                label=" ".join(f"{short[k]}={_text(v)}" for k, v in swept.items()) or config.method.name,
+                row=", ".join(grid_part) or config.method.name,
+                config=config,
+            )
+        )
+    return points
+
+
+def _check_axis_types(spec: SweepSpec, axes: Mapping[str, list[Any]]) -> None:
+    for seed in spec.seeds or []:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"seeds must be integers, got {seed!r}")
+    for dataset in spec.datasets or []:
+        if not isinstance(dataset, str) or not dataset:
+            raise ConfigError(f"datasets must be dataset names, got {dataset!r}")
+    for key in (k for k in axes if "." not in k):
+        if key not in GROUPS:
+            raise ConfigError(
+                f"sweep grid {key}: unknown config group (groups: {', '.join(GROUPS)}); "
+                "sweep a single value with a dotted key such as method.beta"
+            )
+        bad = [v for v in axes[key] if not isinstance(v, str) or not v]
+        if bad:
+            raise ConfigError(f"sweep grid {key} selects {key} config files by name; got {bad[0]!r}")
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """Directory-name keys: the last part of a dotted key unless two keys share it; seed and data."""
+    fixed = {_SEED_KEY: "seed", _DATA_KEY: "data"}
+    last = [fixed.get(k, k.rsplit(".", 1)[-1]) for k in keys]
+    return {k: s if last.count(s) == 1 else k for k, s in zip(keys, last, strict=True)}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return "+".join(_text(v) for v in value)
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _sanitise(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", text)
+
+
+def _override(key: str, value: Any) -> str:
+    """A ``key=value`` override: group selections by name, dotted keys as JSON (valid YAML)."""
+    return f"{key}={value}" if "." not in key else f"{key}={json.dumps(value)}"
+
+
+# --------------------------------------------------------------------------- running
+
+
+def execute_sweep(spec: SweepSpec, *, progress: bool = True, dry_run: bool = False) -> dict[str, Any]:
+    """Validate every point, then run the unfinished ones in order; returns the manifest.
+
+    A point failing with a BayesPeftError is recorded as failed and the sweep goes on.
+    With ``dry_run`` only the plan (each point's action) is returned and nothing is written.
+    """
+    if spec.output_dir is None:
+        raise ConfigError("sweep: no output directory (output_dir in the spec or -o)")
+    out = Path(spec.output_dir)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out}: exists and is not a directory")
+    points = expand_sweep(spec)
+    entries = [
+        {
+            "name": p.name,
+            "run_dir": str(out / p.name),
+            "values": p.values,
+            "overrides": p.overrides,
+            "action": _action(out / p.name, p.config),
+            "status": "pending",
+        }
+        for p in points
+    ]
+    manifest = {"spec": spec.to_dict(), "points": entries}
+    if dry_run:
+        return manifest
+    from .training import Trainer
+
+    out.mkdir(parents=True, exist_ok=True)
+    _write_manifest(out, manifest)
+    for index, (point, entry) in enumerate(zip(points, entries, strict=True), 1):
+        print(f"[{index}/{len(points)}] {point.name}: {entry['action']}", flush=True)
+        if entry["action"] == "skip":
+            entry["status"] = "finished"
+            continue
+        entry["status"] = "running"
+        _write_manifest(out, manifest)
+        try:
+            trainer = Trainer(point.config, out / point.name, resume=entry["action"] == "resume", progress=progress)
+            entry["status"] = trainer.run_training()["status"]
+        except BayesPeftError as exc:
+            entry.update(status="failed", error=str(exc))
+            print(f"[{index}/{len(points)}] {point.name}: failed: {exc}", flush=True)
+        _write_manifest(out, manifest)
+    finished = [(p, e) for p, e in zip(points, entries, strict=True) if e["status"] == "finished"]
+    for point, entry in finished:
+        entry["summary"] = point_summary(out / point.name)
+    if finished:
+        manifest["plots"] = [str(p) for p in plot_sweep([(p, out / p.name) for p, _ in finished], out / "plots")]
+        write_text_atomic(out / "results.md", results_markdown(finished, out))
+        manifest["results"] = str(out / "results.md")
+    _write_manifest(out, manifest)
+    return manifest
+
+
+def _action(run_dir: Path, config: RunConfig) -> str:
+    """``skip`` (finished), ``resume`` (a saved config) or ``start``; a run of another config is an error."""
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        theirs, ours = _flatten(load_config(saved).to_dict()), _flatten(config.to_dict())
+        for key in sorted(set(theirs) | set(ours)):
+            if theirs.get(key) != ours.get(key):
+                raise RunDirError(
+                    f"{run_dir}: holds a run of another config ({key}: {theirs.get(key)!r} there, "
+                    f"{ours.get(key)!r} in this sweep); delete it or choose another output directory"
+                )
+        return "skip" if (run_dir / "metrics.json").is_file() else "resume"
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise RunDirError(
+            f"{run_dir}: not empty but holds no config.yaml; delete it or choose another output directory"
+        )
+    return "start"
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json_atomic(out / "sweep.json", manifest)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _train_log(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "train_log.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def point_summary(run_dir: Path) -> dict[str, float | None]:
+    """Final KL and weighted KL, −ELBO averaged over the last 10% of steps, and the eval scores."""
+    records = _train_log(run_dir)
+    tail = records[-max(1, math.ceil(len(records) / 10)) :]
+    elbo = [r["neg_elbo"] for r in tail if "neg_elbo" in r]
+    scores = read_json(run_dir / "metrics.json")["metrics"]
+    return {
+        "final_kl": records[-1].get("kl") if records else None,
+        "final_weighted_kl": records[-1].get("weighted_kl") if records else None,
+        "neg_elbo": statistics.fmean(elbo) if elbo else None,
+        **{name: scores.get(name) for name in ("acc", "ece", "nll")},
+    }
+
+
+def results_markdown(finished: Sequence[tuple[SweepPoint, dict[str, Any]]], out: Path) -> str:
+    """The per-point table and the table of means ± population std over seeds."""
+
+    def cell(value: float | None, factor: float = 1.0, fmt: str = ".4g") -> str:
+        return "–" if value is None else format(value * factor, fmt)
+
+    lines = [
+        f"# Sweep results: {out}",
+        "",
+        "KL and weighted KL at the last training step; −ELBO: mean of the per-step (batch) negative ELBO "
+        "over the last 10% of steps; ACC, ECE and NLL from the final evaluation.",
+        "",
+        "| Point | KL | Weighted KL | −ELBO | ACC (%) | ECE (%) | NLL |",
+        "|:---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for point, entry in finished:
+        s = entry["summary"]
+        cells = [
+            cell(s["final_kl"]),
+            cell(s["final_weighted_kl"]),
+            cell(s["neg_elbo"]),
+            cell(s["acc"], 100, ".2f"),
+            cell(s["ece"], 100, ".2f"),
+            cell(s["nll"]),
+        ]
+        lines.append(f"| {point.name} | " + " | ".join(cells) + " |")
+    rows = []
+    for point, entry in finished:
+        (row,) = collect_results([out / point.name / "metrics.json"])
+        extra = {k: entry["summary"][s] for k, s in (("kl", "final_kl"), ("neg_elbo", "neg_elbo"))}
+        metrics = {**row.metrics, **{k: v for k, v in extra.items() if v is not None}}
+        rows.append(dataclasses.replace(row, method=point.row, metrics=metrics))
+    metrics = ["acc", "ece", "nll", *(m for m in ("kl", "neg_elbo") if any(m in r.metrics for r in rows))]
+    lines += [
+        "",
+        "## Mean ± std over seeds",
+        "",
+        "Population std (ddof=0); Method is the configuration; kl is the final KL, neg_elbo the −ELBO above.",
+        "",
+        to_markdown(aggregate(rows, ("dataset", "method")), metrics).rstrip(),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(runs: Sequence[tuple[SweepPoint, Path]], plots_dir: Path) -> list[Path]:
+    """One figure per logged quantity, one line per configuration (mean over seeds, seeds thin)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    logs = {run_dir: _train_log(run_dir) for _, run_dir in runs}
+    configurations: dict[str, list[Path]] = {}
+    for point, run_dir in runs:
+        configurations.setdefault(point.label, []).append(run_dir)
+    written = []
+    for key, title in QUANTITIES.items():
+        if not any(key in r for records in logs.values() for r in records):
+            continue
+        fig, ax = plt.subplots(figsize=(7.0, 4.2))
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        everything: list[float] = []
+        for index, (label, run_dirs) in enumerate(configurations.items()):
+            color = colors[index % len(colors)]
+            by_step: dict[int, list[float]] = {}
+            for run_dir in run_dirs:
+                series = [(r["step"], r[key]) for r in logs[run_dir] if key in r]
+                if len(run_dirs) > 1 and series:
+                    ax.plot(*zip(*series, strict=True), color=color, lw=0.6, alpha=0.3)
+                for step, value in series:
+                    by_step.setdefault(step, []).append(value)
+            if by_step:
+                steps = sorted(by_step)
+                means = [statistics.fmean(by_step[s]) for s in steps]
+                ax.plot(steps, means, color=color, lw=1.5, label=label)
+                everything += means
+        if everything and min(everything) > 0 and max(everything) > 100 * min(everything):
+            ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("step")
+        ax.set_ylabel(title)
+        ax.set_title(
+            f"{title} per step" + (" (mean over seeds)" if any(len(d) > 1 for d in configurations.values()) else "")
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.tight_layout()
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        path = plots_dir / f"{key}.png"
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``sweep`` sub-command to ``subparsers`` (from ``add_subparsers``); returns its parser."""
+    parser = subparsers.add_parser(
+        "sweep",
+        help="run a grid of configs (values x seeds x datasets), one run directory per point",
+        description="Run every point of a config grid; re-running skips finished points and resumes the others.",
+    )
+    parser.add_argument("spec", nargs="?", help="sweep spec YAML (base, grid, seeds, datasets, output_dir)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="fixed for every point: method.beta=0.1 or group=name"
+    )
+    parser.add_argument("--config", "-c", type=Path, help="base config file (replaces the spec's base)")
+    parser.add_argument("--config-dir", type=Path, help="folder of the group files (default: the base's folder)")
+    parser.add_argument(
+        "--grid",
+        "-g",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="swept values, repeatable: method.beta=0.1,0.2 or method=blob,mle",
+    )
+    parser.add_argument("--seeds", help="comma-separated seeds (train.seed), e.g. 1,2,3")
+    parser.add_argument("--datasets", help="comma-separated datasets (data.dataset)")
+    parser.add_argument("--output-dir", "-o", type=Path, help="sweep folder (replaces the spec's output_dir)")
+    parser.add_argument("--dry-run", action="store_true", help="validate and list the points; run nothing")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=run_sweep)
+    return parser
+
+
+def _spec_from_args(args: argparse.Namespace) -> SweepSpec:
+    """The spec file (the positional without ``=``) with the command line's values on top."""
+    items = [item for item in (args.spec, *args.overrides) if item]
+    files = [item for item in items if "=" not in item]
+    if len(files) > 1:
+        raise ConfigError(f"sweep: one spec file expected, got {', '.join(files)}")
+    spec = load_sweep_spec(files[0]) if files else SweepSpec()
+    spec.overrides = [*spec.overrides, *(item for item in items if "=" in item)]
+    spec.grid = {**spec.grid, **parse_grid_option(args.grid)}
+    if args.config is not None:
+        spec.base = args.config
+    if args.config_dir is not None:
+        spec.config_dir = args.config_dir
+    if args.seeds is not None:
+        try:
+            spec.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+    if args.datasets is not None:
+        spec.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    if args.output_dir is not None:
+        spec.output_dir = args.output_dir
+    return spec
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """Run ``bayespeft sweep``; returns 0 when every point finished, 1 when some failed."""
+    manifest = execute_sweep(_spec_from_args(args), progress=not args.quiet, dry_run=args.dry_run)
+    points = manifest["points"]
+    if args.dry_run:
+        for entry in points:
+            print(f"{entry['action']:6s} {entry['run_dir']}  ({' '.join(entry['overrides'])})")
+        print(f"{len(points)} points; nothing run (--dry-run)")
+        return 0
+    if "results" in manifest:
+        print(Path(manifest["results"]).read_text(encoding="utf-8"), end="")
+    failed = [e for e in points if e["status"] != "finished"]
+    for entry in failed:
+        print(f"not finished: {entry['name']}: {entry.get('error', entry['status'])}")
+    print(f"{len(points) - len(failed)}/{len(points)} points finished -> {manifest['spec']['output_dir']}")
+    return 1 if failed else 0
