@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import BayesPeftError, ConfigError
 from .report import add_report_parser, run_report
+from .sweep import add_sweep_parser, run_sweep
 
 # (flags, dotted key, type, help); a flag value is written into the config at that key.
 VALUE_FLAGS: list[tuple[tuple[str, ...], str, type, str]] = [
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(ood)
 
     add_report_parser(sub)
+    add_sweep_parser(sub)
     return parser
 
 
@@ -161,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        commands = {"train": _train, "evaluate": _evaluate, "calibrate": _calibrate, "ood": _ood, "report": run_report}
+        commands = {
+            "train": _train,
+            "evaluate": _evaluate,
+            "calibrate": _calibrate,
+            "ood": _ood,
+            "report": run_report,
+            "sweep": run_sweep,
+        }
         return commands[args.command](args)
     except BayesPeftError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -169,10 +178,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .compose import compose_config
     from .training import Trainer
 
-    config = load_config(args.config, _overrides(args))
+    config = compose_config(args.config, {}, _overrides(args))
     trainer = Trainer(
         config,
         args.output_dir,

@@ -42,7 +42,10 @@ from bayespeft.data import records
 from bayespeft.data.multiple_choice import _split_boolq
 from bayespeft.data.records import (
     SPLITS,
+    TRAIN_VAL,
+    TRAIN_VAL_TEST,
     BadRow,
+    DatasetSpec,
     Locator,
     RowConverter,
     Rows,
@@ -303,19 +306,11 @@ def _offline_boolq(data_dir: Path, request: _Request) -> list[ClassificationExam
 
 
 @dataclass(frozen=True)
-class _Spec:
+class _Spec(DatasetSpec[ClassificationExample]):
     """How to load one dataset offline and from the hub, and its label space."""
 
     info: ClassificationTaskInfo
-    offline: Mapping[str, OfflineLoader]  # split -> loader
-    hub_path: str
-    hub_config: str | None
-    hub_splits: Mapping[str, str]  # split -> hub split name (labelled splits only)
-    from_hub: RowConverter[ClassificationExample]
 
-
-_TRAIN_VAL_TEST = {"train": "train", "validation": "validation", "test": "test"}
-_TRAIN_VAL = {"train": "train", "validation": "validation"}
 
 _SPECS: dict[str, _Spec] = {
     "rte": _Spec(
@@ -326,7 +321,7 @@ _SPECS: dict[str, _Spec] = {
         },
         hub_path="nyu-mll/glue",
         hub_config="rte",
-        hub_splits=_TRAIN_VAL,
+        hub_splits=TRAIN_VAL,
         from_hub=partial(_pair_row, labels=_RTE_LABELS),
     ),
     "mrpc": _Spec(
@@ -334,7 +329,7 @@ _SPECS: dict[str, _Spec] = {
         offline={"train": _offline_mrpc, "validation": _offline_mrpc, "test": _offline_mrpc},
         hub_path="nyu-mll/glue",
         hub_config="mrpc",
-        hub_splits=_TRAIN_VAL_TEST,
+        hub_splits=TRAIN_VAL_TEST,
         from_hub=partial(_pair_row, labels=_BINARY_LABELS),
     ),
     "cola": _Spec(
@@ -345,7 +340,7 @@ _SPECS: dict[str, _Spec] = {
         },
         hub_path="nyu-mll/glue",
         hub_config="cola",
-        hub_splits=_TRAIN_VAL,
+        hub_splits=TRAIN_VAL,
         from_hub=_cola_row,
     ),
     "wic": _Spec(
@@ -357,7 +352,7 @@ _SPECS: dict[str, _Spec] = {
         },
         hub_path="super_glue",
         hub_config="wic",
-        hub_splits=_TRAIN_VAL,
+        hub_splits=TRAIN_VAL,
         from_hub=_wic_row,
     ),
     "boolq": _Spec(
@@ -365,7 +360,7 @@ _SPECS: dict[str, _Spec] = {
         offline={"train": _offline_boolq, "validation": _offline_boolq},
         hub_path="google/boolq",
         hub_config=None,
-        hub_splits=_TRAIN_VAL,
+        hub_splits=TRAIN_VAL,
         from_hub=_boolq_row,
     ),
 }

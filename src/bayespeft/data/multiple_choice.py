@@ -25,7 +25,10 @@ from typing import Any, NamedTuple, TypeVar
 
 from bayespeft.data.records import (
     SPLITS,
+    TRAIN_VAL,
+    TRAIN_VAL_TEST,
     BadRow,
+    DatasetSpec,
     Locator,
     RowConverter,
     Rows,
@@ -421,19 +424,10 @@ def _offline_boolq(data_dir: Path, request: _Request) -> list[MCExample]:
 
 
 @dataclass(frozen=True)
-class _Spec:
+class _Spec(DatasetSpec[MCExample]):
     """How to load one dataset (one MMLU subject) offline and from the hub."""
 
     uid_prefix: str
-    offline: Mapping[str, OfflineLoader]  # split -> loader
-    hub_path: str
-    hub_config: str | None
-    hub_splits: Mapping[str, str]  # split -> hub split name (labelled splits only)
-    from_hub: RowConverter[MCExample]
-
-
-_TRAIN_VAL_TEST = {"train": "train", "validation": "validation", "test": "test"}
-_TRAIN_VAL = {"train": "train", "validation": "validation"}
 
 
 def _arc_spec(name: str, stem: str) -> _Spec:
@@ -446,7 +440,7 @@ def _arc_spec(name: str, stem: str) -> _Spec:
         },
         hub_path="allenai/ai2_arc",
         hub_config=stem,
-        hub_splits=_TRAIN_VAL_TEST,
+        hub_splits=TRAIN_VAL_TEST,
         from_hub=partial(_lettered_hub_row, question_key="question"),
     )
 
@@ -460,7 +454,7 @@ def _winogrande_spec(size: str) -> _Spec:
         offline={"train": load(f"train_{size}.jsonl"), "validation": load("dev.reconstructed.jsonl")},
         hub_path="allenai/winogrande",
         hub_config=f"winogrande_{size}",
-        hub_splits=_TRAIN_VAL,
+        hub_splits=TRAIN_VAL,
         from_hub=_winogrande_row,
     )
 
@@ -488,7 +482,7 @@ _SPECS: dict[str, _Spec] = {
         },
         hub_path="allenai/openbookqa",
         hub_config="main",
-        hub_splits=_TRAIN_VAL_TEST,
+        hub_splits=TRAIN_VAL_TEST,
         from_hub=partial(_lettered_hub_row, question_key="question_stem"),
     ),
     **{f"winogrande_{size}": _winogrande_spec(size) for size in ("xs", "s", "m", "l")},
@@ -497,7 +491,7 @@ _SPECS: dict[str, _Spec] = {
         offline={"train": _offline_boolq, "validation": _offline_boolq},
         hub_path="google/boolq",
         hub_config=None,
-        hub_splits=_TRAIN_VAL,
+        hub_splits=TRAIN_VAL,
         from_hub=_boolq_hub_row,
     ),
     "piqa": _Spec(
@@ -505,7 +499,7 @@ _SPECS: dict[str, _Spec] = {
         offline={"validation": partial(_offline_sample, kind="piqa")},
         hub_path="ybisk/piqa",
         hub_config=None,
-        hub_splits=_TRAIN_VAL,
+        hub_splits=TRAIN_VAL,
         from_hub=_piqa_row,
     ),
     "hellaswag": _Spec(
@@ -513,7 +507,7 @@ _SPECS: dict[str, _Spec] = {
         offline={"validation": partial(_offline_sample, kind="hellaswag")},
         hub_path="Rowan/hellaswag",
         hub_config=None,
-        hub_splits=_TRAIN_VAL,
+        hub_splits=TRAIN_VAL,
         from_hub=_hellaswag_row,
     ),
 }

@@ -13,14 +13,18 @@ import json
 import random
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TextIO, TypeVar
+from typing import Any, Generic, Protocol, TextIO, TypeVar
 
 from bayespeft.errors import ConfigError, DataError
 
 __all__ = [
     "SPLITS",
+    "TRAIN_VAL",
+    "TRAIN_VAL_TEST",
     "BadRow",
+    "DatasetSpec",
     "Locator",
     "Request",
     "RowConverter",
@@ -42,6 +46,8 @@ __all__ = [
 T = TypeVar("T")
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
+TRAIN_VAL_TEST: Mapping[str, str] = {"train": "train", "validation": "validation", "test": "test"}
+TRAIN_VAL: Mapping[str, str] = {"train": "train", "validation": "validation"}
 
 Rows = Iterator[tuple[int, Mapping[str, Any]]]
 Locator = Callable[[int], str]
@@ -61,6 +67,17 @@ class Request(Protocol):
 
     @property
     def split(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class DatasetSpec(Generic[T]):
+    """How to load one dataset offline and from the hub; loaders add what else they need."""
+
+    offline: Mapping[str, Callable[[Path, Any], list[T]]]  # split -> loader(data_dir, request)
+    hub_path: str
+    hub_config: str | None
+    hub_splits: Mapping[str, str]  # split -> hub split name (labelled splits only)
+    from_hub: RowConverter[T]
 
 
 # ----------------------------------------------------------------------------- field access
