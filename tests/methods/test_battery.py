@@ -21,7 +21,7 @@ import torch
 from method_helpers import LORA, TARGETS, tiny_llama, token_ids
 
 from bayespeft.config import TrainConfig
-from bayespeft.errors import ConfigError
+from bayespeft.errors import ConfigError, RunDirError
 from bayespeft.methods import Method, TrainingContext, build_method, method_names
 from bayespeft.predictive import posterior_predictive, posterior_predictive_from_probs
 
@@ -44,10 +44,13 @@ METHOD_CONFIGS = [
     _row("ensemble", {"size": 3}),
     _row("tfb", {"source_adapter": SOURCE_ADAPTER, "sigma": 0.01}),
     _row("noise", {"sigma": 0.05}),
+    _row("laplace", {"source_adapter": SOURCE_ADAPTER, "prior_optimization": "none", "link_samples": 16}),
 ]
 
 # Training-free methods: the optimisation check asserts that training is refused instead.
-TRAINING_FREE = {"noise", "tfb"}
+TRAINING_FREE = {"laplace", "noise", "tfb"}
+# Post-hoc predictive methods: forward passes are deterministic, the predictive is sampled.
+PREDICTIVE_ONLY = {"laplace"}
 
 battery = pytest.mark.parametrize(("name", "overrides"), METHOD_CONFIGS)
 
@@ -165,7 +168,9 @@ def test_sampling_on_off(name, overrides):
         first = logits(model, ids)
     with method.sampling(True, offset=1):
         second = logits(model, ids)
-    if method.stochastic:
+    if name in PREDICTIVE_ONLY:  # weights are never sampled: uncertainty enters in the predictive
+        assert torch.equal(first, mean) and torch.equal(second, mean)
+    elif method.stochastic:
         assert not torch.allclose(first, second), "two sampled passes agree"
         assert not torch.allclose(first, mean), "a sampled pass equals the mean"
         with method.sampling(True, seed=5, offset=1):
@@ -232,6 +237,10 @@ def test_predictive_probabilities_sum_to_one(name, overrides):
     ids = token_ids(batch=3, length=5)
     batch = {"input_ids": ids, "labels": torch.zeros(3, dtype=torch.long)}
     task = FakeTask()
+    if name in PREDICTIVE_ONLY:  # its predictive needs the fitted posterior (tested in test_laplace.py)
+        with pytest.raises(RunDirError, match="no fitted posterior"):
+            method.predictive_samples(model, task, batch, n_samples=4, samples_per_pass=2)
+        return
     with method.sampling(True, seed=0):
         probs = method.predictive_samples(model, task, batch, n_samples=4, samples_per_pass=2)
     draws = method.num_draws(4)

@@ -15,6 +15,7 @@ from .base import (
 from .bbb import BbbConfig, BbbLora
 from .blob import BlobConfig, BlobLaplaceConfig, BlobLaplaceLora, BlobLora
 from .ensemble import EnsembleConfig, EnsembleLora
+from .laplace import LaplaceConfig, LaplaceLora
 from .lora import MapConfig, MapLora, MleConfig, MleLora
 from .mcdropout import McDropoutConfig, McDropoutLora
 from .tfb import TfbConfig, TfbLora
@@ -29,6 +30,8 @@ __all__ = [
     "BlobLora",
     "EnsembleConfig",
     "EnsembleLora",
+    "LaplaceConfig",
+    "LaplaceLora",
     "MapConfig",
     "MapLora",
     "McDropoutConfig",
