@@ -42,6 +42,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "compare_methods"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compare_methods.json"))
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse a method's finished run in --work-dir instead of training again"
+    )
     parser.add_argument("--extra", nargs="*", default=[], help="more dotted overrides for every method")
     parser.add_argument("--blob-extra", nargs="*", default=[], help="more dotted overrides for the BLoB methods")
     return parser.parse_args()
@@ -88,6 +91,9 @@ def run_method(args: argparse.Namespace, method: str) -> dict:
         command += ["--max-train-examples", str(args.max_train_examples)]
     if args.max_eval_examples:
         command += ["--max-eval-examples", str(args.max_eval_examples)]
+    if args.reuse and (run_dir / "metrics.json").is_file():
+        print(f"reusing the finished run {run_dir}")
+        return json.loads((run_dir / "metrics.json").read_text())
     began = time.perf_counter()
     subprocess.run(command, check=True)
     payload = json.loads((run_dir / "metrics.json").read_text())
