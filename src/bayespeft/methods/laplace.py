@@ -28,7 +28,6 @@ the unmaintained laplace-lora fork), and installing it replaces the CPU torch wi
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel, set_peft_model_state_dict
+from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
@@ -45,16 +44,13 @@ from ..checkpoint import load_tensors, save_tensors_atomic
 from ..config import LoraSettings, MethodConfig, TrainConfig, _require
 from ..errors import ConfigError, RunDirError
 from .base import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
     Method,
     Optimization,
     TrainingContext,
-    _is_plain_lora_key,
     _unwrap,
     register_method,
 )
-from .tfb import source_folder
+from .source import check_source_shape, load_source_lora, source_folder
 
 POSTERIOR_FILE = "laplace_posterior.safetensors"
 HESSIANS = ("kron", "diag")
@@ -296,33 +292,9 @@ class LaplaceLora(Method):
         self, model: nn.Module, lora: LoraSettings, target_modules: list[str], task_type: str | None = None
     ) -> PeftModel:
         folder = source_folder(self.config.source_adapter)
-        saved = json.loads((folder / ADAPTER_CONFIG).read_text())
-        targets = saved.get("target_modules") or []
-        targets = {targets} if isinstance(targets, str) else set(targets)
-        for field_name, source, run in [
-            ("model.lora.r", saved.get("r"), lora.r),
-            ("model.lora.alpha", saved.get("lora_alpha"), lora.alpha),
-            ("model.lora.target_modules", sorted(targets), sorted(set(target_modules))),
-        ]:
-            if source != run:
-                raise ConfigError(
-                    f"{field_name}: must match the source adapter {folder} for laplace "
-                    f"(source {source!r}, this run {run!r})"
-                )
+        check_source_shape(folder, lora, target_modules, self.name)
         peft_model = super().inject(model, lora, target_modules, task_type)
-        tensors = {k: v for k, v in load_tensors(folder / ADAPTER_WEIGHTS).items() if _is_plain_lora_key(k)}
-        expected = {k: v.shape for k, v in self.adapter_state(peft_model).items()}
-        missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
-        if missing or unexpected:
-            what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-            raise RunDirError(f"{folder / ADAPTER_WEIGHTS}: source adapter does not match this model ({what})")
-        for key, shape in expected.items():
-            if tensors[key].shape != shape:
-                raise RunDirError(
-                    f"{folder / ADAPTER_WEIGHTS}: {key} has shape {tuple(tensors[key].shape)}, "
-                    f"this model expects {tuple(shape)}"
-                )
-        set_peft_model_state_dict(peft_model, tensors)
+        load_source_lora(self, peft_model, folder)
         return peft_model
 
     def build_optimization(self, model: nn.Module, train: TrainConfig, context: TrainingContext) -> Optimization:

@@ -12,23 +12,21 @@ the method file.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel, set_peft_model_state_dict
+from peft import PeftModel
 from torch import nn
 
-from ..checkpoint import load_tensors
 from ..config import LoraSettings, TrainConfig, _require
 from ..enums import StdParameterization
-from ..errors import ConfigError, RunDirError
-from .base import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Optimization, TrainingContext, _is_plain_lora_key, register_method
+from ..errors import ConfigError
+from .base import Optimization, TrainingContext, register_method
 from .blob import BlobConfig, BlobLora
+from .source import check_source_shape, load_source_lora, source_folder
 
 SINGULAR_FLOOR = 1e-6  # the reference's guard in Omega = sigma / (d + 1e-6)
 LOG_FLOOR = 1e-12  # the reference's log(p + 1e-12) in the NLL criterion
@@ -144,21 +142,6 @@ def flip_fraction(reference: torch.Tensor, sampled: torch.Tensor) -> float:
     return float((reference.mean(dim=1).argmax(-1) != sampled.mean(dim=1).argmax(-1)).float().mean())
 
 
-def source_folder(path: str) -> Path:
-    """The source adapter folder, checked to hold peft's adapter files."""
-    folder = Path(path)
-    weights = folder / ADAPTER_WEIGHTS
-    if not weights.is_file():
-        hint = ""
-        if (folder / "adapter" / ADAPTER_WEIGHTS).is_file():
-            hint = f" (a run directory? use {folder / 'adapter'})"
-        where = weights if folder.is_dir() else folder
-        raise RunDirError(f"{where}: method.source_adapter has no trained adapter{hint}")
-    if not (folder / ADAPTER_CONFIG).is_file():
-        raise RunDirError(f"{folder / ADAPTER_CONFIG}: method.source_adapter lacks its adapter config")
-    return folder
-
-
 @register_method
 class TfbLora(BlobLora):
     """BLoB's posterior on a trained LoRA, its scale fitted post hoc instead of trained."""
@@ -171,40 +154,10 @@ class TfbLora(BlobLora):
     ) -> PeftModel:
         """BLoB's injection, then the source adapter's A and B (its rho, if any, is ignored)."""
         folder = source_folder(self.config.source_adapter)
-        self._check_source_shape(folder, lora, target_modules)
+        check_source_shape(folder, lora, target_modules, self.name)
         peft_model = super().inject(model, lora, target_modules, task_type)
-        tensors = {k: v for k, v in load_tensors(folder / ADAPTER_WEIGHTS).items() if _is_plain_lora_key(k)}
-        expected = {k: v.shape for k, v in self.adapter_state(peft_model).items() if _is_plain_lora_key(k)}
-        missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
-        if missing or unexpected:
-            what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-            raise RunDirError(f"{folder / ADAPTER_WEIGHTS}: source adapter does not match this model ({what})")
-        for key, shape in expected.items():
-            if tensors[key].shape != shape:
-                raise RunDirError(
-                    f"{folder / ADAPTER_WEIGHTS}: {key} has shape {tuple(tensors[key].shape)}, "
-                    f"this model expects {tuple(shape)}"
-                )
-        set_peft_model_state_dict(peft_model, tensors)
+        load_source_lora(self, peft_model, folder)
         return peft_model
-
-    @staticmethod
-    def _check_source_shape(folder: Path, lora: LoraSettings, target_modules: list[str]) -> None:
-        """The run's model.lora (r, alpha, targets) must be the source's."""
-        saved = json.loads((folder / ADAPTER_CONFIG).read_text())
-        targets = saved.get("target_modules") or []
-        targets = {targets} if isinstance(targets, str) else set(targets)
-        checks = [
-            ("model.lora.r", saved.get("r"), lora.r),
-            ("model.lora.alpha", saved.get("lora_alpha"), lora.alpha),
-            ("model.lora.target_modules", sorted(targets), sorted(set(target_modules))),
-        ]
-        for field_name, source, run in checks:
-            if source != run:
-                raise ConfigError(
-                    f"{field_name}: must match the source adapter {folder} for tfb "
-                    f"(source {source!r}, this run {run!r})"
-                )
 
     def build_optimization(self, model: nn.Module, train: TrainConfig, context: TrainingContext) -> Optimization:
         """No optimiser: TFB only runs with train.max_steps = 0."""

@@ -18,33 +18,27 @@ and S per-token random signs on the input and the output.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel, set_peft_model_state_dict
+from peft import PeftModel
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
-from ..checkpoint import load_tensors
 from ..config import LoraSettings, MethodConfig, TrainConfig, _require
 from ..enums import StrEnum
-from ..errors import ConfigError, RunDirError
+from ..errors import ConfigError
 from .base import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
     Method,
     Optimization,
     SamplingState,
     TrainingContext,
-    _is_plain_lora_key,
     register_method,
 )
 from .blob import BlobVariant, rademacher_like
-from .tfb import source_folder
+from .source import check_source_shape, load_source_lora, source_folder
 
 LAPLACE_STD = math.sqrt(2.0)  # std of a unit-scale Laplace(0, 1)
 
@@ -160,41 +154,6 @@ class WeightNoise(Method):
                 f"train.max_steps must be 0 for noise: it evaluates without fine-tuning (got {context.total_steps})"
             )
         return Optimization({}, {})
-
-
-def check_source_shape(folder: Path, lora: LoraSettings, target_modules: list[str], method: str) -> None:
-    """The run's model.lora (r, alpha, targets) must be the source adapter's."""
-    saved = json.loads((folder / ADAPTER_CONFIG).read_text())
-    targets = saved.get("target_modules") or []
-    targets = {targets} if isinstance(targets, str) else set(targets)
-    checks = [
-        ("model.lora.r", saved.get("r"), lora.r),
-        ("model.lora.alpha", saved.get("lora_alpha"), lora.alpha),
-        ("model.lora.target_modules", sorted(targets), sorted(set(target_modules))),
-    ]
-    for field_name, source, run in checks:
-        if source != run:
-            raise ConfigError(
-                f"{field_name}: must match the source adapter {folder} for {method} "
-                f"(source {source!r}, this run {run!r})"
-            )
-
-
-def load_source_lora(method: Method, model: PeftModel, folder: Path) -> None:
-    """Load the source adapter's lora_A / lora_B into ``model`` (any variance tensors are ignored)."""
-    weights = folder / ADAPTER_WEIGHTS
-    tensors = {k: v for k, v in load_tensors(weights).items() if _is_plain_lora_key(k)}
-    expected = {k: v.shape for k, v in method.adapter_state(model).items() if _is_plain_lora_key(k)}
-    missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
-    if missing or unexpected:
-        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise RunDirError(f"{weights}: source adapter does not match this model ({what})")
-    for key, shape in expected.items():
-        if tensors[key].shape != shape:
-            raise RunDirError(
-                f"{weights}: {key} has shape {tuple(tensors[key].shape)}, this model expects {tuple(shape)}"
-            )
-    set_peft_model_state_dict(model, tensors)
 
 
 __all__ = ["NoiseDistribution", "WeightNoise", "WeightNoiseConfig", "WeightNoiseVariant"]
