@@ -36,16 +36,19 @@ def predict(
     """Per-sample class probabilities [N, S, C] and labels [N], in dataset order.
 
     The method decides how its draws are made (:meth:`Method.predictive_samples`); N = 0 is the
-    posterior mean. Each process takes every P-th example; results are gathered and re-ordered.
+    posterior mean. Each process takes every P-th batch; results are gathered and re-ordered.
     """
     model.eval()
     sampling = config.n_samples > 0 and method.stochastic
-    shard = list(encoded)[accelerator.process_index :: accelerator.num_processes]
+    encoded = list(encoded)
+    batches = [(i, encoded[i : i + config.batch_size]) for i in range(0, len(encoded), config.batch_size)]
+    shard = batches[accelerator.process_index :: accelerator.num_processes]
     rows: list[tuple[int, torch.Tensor, int]] = []
-    batches = [shard[i : i + config.batch_size] for i in range(0, len(shard), config.batch_size)]
-    bar = tqdm(batches, desc="evaluate", unit="batch", disable=not (progress and accelerator.is_main_process))
-    with method.sampling(enabled=sampling, seed=config.seed + accelerator.process_index):
-        for items in bar:
+    bar = tqdm(shard, desc="evaluate", unit="batch", disable=not (progress and accelerator.is_main_process))
+    for start, items in bar:
+        # The same batches with the same per-batch seed whatever the process count: 1 and P
+        # processes draw identical posterior samples and so report identical metrics.
+        with method.sampling(enabled=sampling, seed=config.seed * 1_000_003 + start):
             batch = {k: v.to(accelerator.device) for k, v in task.collate(items).items()}
             with accelerator.autocast():
                 probs = method.predictive_samples(model, task, batch, config.n_samples, config.samples_per_pass)
