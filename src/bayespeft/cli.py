@@ -16,6 +16,7 @@ from typing import Any
 from .errors import BayesPeftError, ConfigError
 from .report import add_report_parser, run_report
 from .sweep import add_sweep_parser, run_sweep
+from .tune import add_tune_parser, run_tune
 
 # (flags, dotted key, type, help); a flag value is written into the config at that key.
 VALUE_FLAGS: list[tuple[tuple[str, ...], str, type, str]] = [
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_parser(sub)
     add_sweep_parser(sub)
+    add_tune_parser(sub)
     return parser
 
 
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             "ood": _ood,
             "report": run_report,
             "sweep": run_sweep,
+            "tune": run_tune,
         }
         return commands[args.command](args)
     except BayesPeftError as exc:

@@ -149,7 +149,11 @@ class Trainer:
         overwrite: bool = False,
         progress: bool = True,
         stop_after_steps: int | None = None,
+        train_examples: list | None = None,
+        eval_examples: list | None = None,
     ) -> None:
+        """``train_examples`` / ``eval_examples`` replace the config's splits (e.g. a validation part
+        carved from the training data by `bayespeft tune`)."""
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
         self.run = RunDir(Path(run_dir))
@@ -164,12 +168,17 @@ class Trainer:
         if stop_after_steps is not None and stop_after_steps < 1:
             raise ConfigError(f"--stop-after-steps must be >= 1 (got {stop_after_steps})")
         self.stop_after_steps = stop_after_steps
+        self.train_examples, self.eval_examples = train_examples, eval_examples
 
     def run_training(self) -> dict[str, Any]:
         config = self.config
         set_seed(config.train.seed)
-        train_examples = load_examples(config, config.data.train_split, config.data.max_train_examples)
-        eval_examples = load_examples(config, config.data.eval_split, config.data.max_eval_examples)
+        train_examples = self.train_examples
+        if train_examples is None:
+            train_examples = load_examples(config, config.data.train_split, config.data.max_train_examples)
+        eval_examples = self.eval_examples
+        if eval_examples is None:
+            eval_examples = load_examples(config, config.data.eval_split, config.data.max_eval_examples)
         session = build_session(config, self._acc)
         acc, method, model, task = session.accelerator, session.method, session.model, session.task
         encoded = task.encode(train_examples)
