@@ -7,7 +7,7 @@ ACC/ECE/NLL/Brier per method, the BLoB/MLE training-step time ratio and peak mem
 
     python benchmarks/compare_methods.py --steps 500 --out benchmarks/results/arc_easy_smollm2.json
     python benchmarks/compare_methods.py --model minilm-l6 --dataset mrpc --batch-size 16 --lr 5e-4 \\
-        --blob-extra method.kl_lr=0.002 --out benchmarks/results/mrpc_minilm.json
+        --out benchmarks/results/mrpc_minilm.json
 """
 
 from __future__ import annotations
@@ -87,6 +87,8 @@ def run_method(args: argparse.Namespace, method: str) -> dict:
         str(args.max_length),
         *args.extra,
     ]
+    if method.startswith("blob"):
+        command += args.blob_extra
     if args.max_train_examples:
         command += ["--max-train-examples", str(args.max_train_examples)]
     if args.max_eval_examples:
