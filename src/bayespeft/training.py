@@ -392,7 +392,9 @@ def run_summary(config: RunConfig, scores: dict[str, float], examples: list[Exam
         "dataset": examples[0].dataset if examples else config.data.dataset,
         "split": split,
         "seed": config.train.seed,
-        "n_samples": config.eval.n_samples,
+        # draws actually averaged: 1 for a deterministic method, K for an ensemble, 0 for the posterior mean
+        "n_samples": 0 if config.eval.n_samples == 0 else int(scores["num_samples"]),
+        "n_samples_requested": config.eval.n_samples,
         "metrics": scores,
         "bayespeft_version": __version__,
         "command": " ".join(sys.argv),
