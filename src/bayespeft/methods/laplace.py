@@ -41,7 +41,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from ..checkpoint import load_tensors, save_tensors_atomic
-from ..config import LoraSettings, MethodConfig, TrainConfig, _require
+from ..config import MethodConfig, TrainConfig, _require
 from ..errors import ConfigError, RunDirError
 from .base import (
     Method,
@@ -50,7 +50,7 @@ from .base import (
     _unwrap,
     register_method,
 )
-from .source import check_source_shape, load_source_lora, source_folder
+from .source import FromSourceAdapter
 
 POSTERIOR_FILE = "laplace_posterior.safetensors"
 HESSIANS = ("kron", "diag")
@@ -275,7 +275,7 @@ def jacobian_pass(
 
 # ---- the method -------------------------------------------------------------------------------------
 @register_method
-class LaplaceLora(Method):
+class LaplaceLora(FromSourceAdapter, Method):
     """Laplace approximation over a trained LoRA adapter, fitted post hoc; GLM predictive."""
 
     name = "laplace"
@@ -288,14 +288,6 @@ class LaplaceLora(Method):
         self.fitted_prior_precision: float | None = None
 
     # ---- injection: plain LoRA, then the source adapter -----------------------------------------
-    def inject(
-        self, model: nn.Module, lora: LoraSettings, target_modules: list[str], task_type: str | None = None
-    ) -> PeftModel:
-        folder = source_folder(self.config.source_adapter)
-        check_source_shape(folder, lora, target_modules, self.name)
-        peft_model = super().inject(model, lora, target_modules, task_type)
-        load_source_lora(self, peft_model, folder)
-        return peft_model
 
     def build_optimization(self, model: nn.Module, train: TrainConfig, context: TrainingContext) -> Optimization:
         """No optimiser: Laplace is fitted post hoc on a trained adapter (train.max_steps = 0)."""

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from peft import PeftModel, set_peft_model_state_dict
+from torch import nn
 
 from ..checkpoint import load_tensors
 from ..config import LoraSettings
@@ -61,3 +62,16 @@ def load_source_lora(method: Method, model: PeftModel, folder: Path) -> None:
                 f"{weights}: {key} has shape {tuple(tensors[key].shape)}, this model expects {tuple(shape)}"
             )
     set_peft_model_state_dict(model, tensors)
+
+
+class FromSourceAdapter:
+    """Mixin for post-hoc methods: inject as the parent method does, then load ``config.source_adapter``."""
+
+    def inject(
+        self, model: nn.Module, lora: LoraSettings, target_modules: list[str], task_type: str | None = None
+    ) -> PeftModel:
+        folder = source_folder(self.config.source_adapter)
+        check_source_shape(folder, lora, target_modules, self.name)
+        peft_model = super().inject(model, lora, target_modules, task_type)
+        load_source_lora(self, peft_model, folder)
+        return peft_model

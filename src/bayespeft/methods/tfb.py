@@ -18,15 +18,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from peft import PeftModel
 from torch import nn
 
-from ..config import LoraSettings, TrainConfig, _require
+from ..config import TrainConfig, _require
 from ..enums import StdParameterization
 from ..errors import ConfigError
 from .base import Optimization, TrainingContext, register_method
 from .blob import BlobConfig, BlobLora
-from .source import check_source_shape, load_source_lora, source_folder
+from .source import FromSourceAdapter
 
 SINGULAR_FLOOR = 1e-6  # the reference's guard in Omega = sigma / (d + 1e-6)
 LOG_FLOOR = 1e-12  # the reference's log(p + 1e-12) in the NLL criterion
@@ -143,21 +142,11 @@ def flip_fraction(reference: torch.Tensor, sampled: torch.Tensor) -> float:
 
 
 @register_method
-class TfbLora(BlobLora):
+class TfbLora(FromSourceAdapter, BlobLora):
     """BLoB's posterior on a trained LoRA, its scale fitted post hoc instead of trained."""
 
     name = "tfb"
     config_class = TfbConfig
-
-    def inject(
-        self, model: nn.Module, lora: LoraSettings, target_modules: list[str], task_type: str | None = None
-    ) -> PeftModel:
-        """BLoB's injection, then the source adapter's A and B (its rho, if any, is ignored)."""
-        folder = source_folder(self.config.source_adapter)
-        check_source_shape(folder, lora, target_modules, self.name)
-        peft_model = super().inject(model, lora, target_modules, task_type)
-        load_source_lora(self, peft_model, folder)
-        return peft_model
 
     def build_optimization(self, model: nn.Module, train: TrainConfig, context: TrainingContext) -> Optimization:
         """No optimiser: TFB only runs with train.max_steps = 0."""
