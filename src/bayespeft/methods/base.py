@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,6 +42,48 @@ class SamplingState:
     enabled: bool = True
     groups: int = 1
     offset: int = 0  # index of the first stacked draw (ensemble members are drawn in turn)
+    hold: bool = False  # keep each group's draw for every forward pass of the block (generation)
+    seed: int = 0  # base seed of held draws
+    block: int = 0  # counts held blocks, so layers know when their cached draw is stale
+
+
+LAYER_KEY = "bayespeft_key"
+
+
+def held_noise(
+    state: SamplingState,
+    layer: nn.Module,
+    tag: str,
+    shape: tuple[int, ...],
+    like: torch.Tensor,
+    sampler: Callable[[tuple[int, ...], torch.Generator], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Noise [groups, *shape] of one layer, drawn once per held block and reused by every pass in it.
+
+    Draw g comes from a generator seeded by (block seed, layer name, ``tag``, offset + g), so it
+    does not depend on how many draws are stacked: S draws generated together equal S one-at-a-time
+    draws with offsets 0..S-1. ``sampler`` defaults to standard Gaussian noise.
+    """
+    cache = layer.__dict__.setdefault("_bayespeft_held", {})
+    hit = cache.get(tag)
+    if hit is not None and hit[0] == (state.block, state.groups, state.offset):
+        return hit[1]
+    sampler = sampler or (lambda size, generator: torch.randn(size, generator=generator))
+    key = getattr(layer, LAYER_KEY, 0)
+    draws = []
+    for group in range(state.offset, state.offset + state.groups):
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{state.seed}/{key}/{tag}/{group}".encode()))
+        draws.append(sampler(shape, generator))
+    noise = torch.stack(draws).to(device=like.device, dtype=like.dtype)
+    cache[tag] = ((state.block, state.groups, state.offset), noise)
+    return noise
+
+
+def split_groups(x: torch.Tensor, groups: int, what: str = "posterior samples") -> torch.Tensor:
+    """View rows [groups * n, ...] as [groups, n * ..., d] (sample-major: group g is a contiguous block)."""
+    if x.shape[0] % groups:
+        raise ValueError(f"batch of {x.shape[0]} rows cannot hold {groups} stacked {what}")
+    return x.reshape(groups, -1, x.shape[-1])
 
 
 @dataclass
@@ -128,6 +171,7 @@ class Method:
         """Wrap ``model`` with LoRA on ``target_modules`` and add this method's adapter state."""
         peft_model = get_peft_model(model, self.lora_config(lora, target_modules, task_type))
         self.after_inject(peft_model)
+        name_layers(peft_model)
         return peft_model
 
     def after_inject(self, model: PeftModel) -> None:
@@ -136,17 +180,27 @@ class Method:
     # ---- inference ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def sampling(
-        self, enabled: bool = True, seed: int | None = None, groups: int = 1, offset: int = 0
+        self,
+        enabled: bool = True,
+        seed: int | None = None,
+        groups: int = 1,
+        offset: int = 0,
+        hold: bool = False,
     ) -> Iterator[None]:
         """Draw weights from the posterior (``enabled``) or use its mean, within the block.
 
         ``seed`` makes the draws reproducible without touching the caller's RNG stream;
         ``groups`` stacks that many independent draws along the batch (sample-major); ``offset``
-        numbers them from there (for methods whose draws are distinct members).
+        numbers them from there (for methods whose draws are distinct members). ``hold`` keeps
+        one weight draw per group for every forward pass in the block, as generation needs (one
+        sample per sequence, not per decoding step); held draw g depends only on the seed and
+        offset + g (see :func:`held_noise`).
         """
         state = self.sampling_state
-        previous = (state.enabled, state.groups, state.offset)
-        state.enabled, state.groups, state.offset = enabled, groups, offset
+        previous = (state.enabled, state.groups, state.offset, state.hold, state.seed)
+        held_seed = seed if seed is not None else int(torch.randint(0, 2**62, ()).item()) if hold else state.seed
+        state.enabled, state.groups, state.offset, state.hold, state.seed = enabled, groups, offset, hold, held_seed
+        state.block += 1
         try:
             if seed is None:
                 yield
@@ -157,7 +211,8 @@ class Method:
                     torch.manual_seed(seed)
                     yield
         finally:
-            state.enabled, state.groups, state.offset = previous
+            state.enabled, state.groups, state.offset, state.hold, state.seed = previous
+            state.block += 1
 
     def num_draws(self, n_samples: int) -> int:
         """Forward draws an evaluation with N samples needs: 1 for the mean or a deterministic method."""
@@ -261,6 +316,13 @@ class Method:
         return peft_model.merge_and_unload()
 
 
+def name_layers(model: nn.Module) -> None:
+    """Tag every LoRA layer with its module name: held draws are seeded by it."""
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            setattr(module, LAYER_KEY, name)
+
+
 def _untie_adapted_embeddings(model: PeftModel) -> None:
     """Give an adapted LM head its own weight when it is tied to the input embeddings.
 
@@ -342,10 +404,13 @@ __all__ = [
     "SamplingState",
     "TrainingContext",
     "build_method",
+    "held_noise",
     "linear_schedule",
     "method_class",
     "method_config_class",
     "method_names",
+    "name_layers",
     "read_method_file",
     "register_method",
+    "split_groups",
 ]

@@ -19,7 +19,16 @@ from torch import nn
 
 from ..config import MethodConfig, TrainConfig, _require
 from ..enums import BlobOptimization, KLPeriod, KLSchedule, StdParameterization
-from .base import Method, Optimization, SamplingState, TrainingContext, linear_schedule, register_method
+from .base import (
+    Method,
+    Optimization,
+    SamplingState,
+    TrainingContext,
+    held_noise,
+    linear_schedule,
+    register_method,
+    split_groups,
+)
 from .kl_schedule import kl_period, kl_weight, summarize_schedule
 
 RHO = "lora_A_rho"
@@ -105,6 +114,11 @@ def laplace_kl(mean: torch.Tensor, scale: torch.Tensor, beta: float) -> torch.Te
     return per_entry.sum()
 
 
+def laplace_from_uniform(uniform: torch.Tensor) -> torch.Tensor:
+    """Unit Laplace noise from u in (-1 + eps, 1), as torch.distributions.Laplace (|u| < 1 keeps it finite)."""
+    return -torch.sign(uniform) * torch.log1p(-uniform.abs())
+
+
 def rademacher_like(x: torch.Tensor, shape: torch.Size | tuple[int, ...] | None = None) -> torch.Tensor:
     """Independent random signs (+1/-1) in x's dtype and device."""
     shape = x.shape if shape is None else shape
@@ -143,9 +157,15 @@ class BlobVariant(LoraVariant):
         """Standard noise E of the posterior family (unit scale)."""
         if not self.laplace:
             return torch.randn(shape, device=like.device, dtype=like.dtype)
-        # u in (-1 + eps, 1) as torch.distributions.Laplace: |u| < 1 keeps log1p(-|u|) finite
-        uniform = torch.empty(shape, device=like.device, dtype=like.dtype).uniform_(torch.finfo(like.dtype).eps - 1, 1)
-        return -torch.sign(uniform) * torch.log1p(-uniform.abs())
+        uniform = torch.empty(shape, device=like.device, dtype=like.dtype)
+        return laplace_from_uniform(uniform.uniform_(torch.finfo(like.dtype).eps - 1, 1))
+
+    def held_sampler(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """Unit noise for one held draw, from its own generator (float32 on the CPU)."""
+        if not self.laplace:
+            return torch.randn(shape, generator=generator)
+        uniform = torch.empty(shape).uniform_(torch.finfo(torch.float32).eps - 1, 1, generator=generator)
+        return laplace_from_uniform(uniform)
 
     def forward(
         self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs: Any
@@ -153,9 +173,18 @@ class BlobVariant(LoraVariant):
         lora_A, lora_B = module.lora_A[active_adapter], module.lora_B[active_adapter]
         x = module.lora_dropout[active_adapter](x)
         hidden = lora_A(x)
-        if self.state.enabled:
+        if self.state.enabled and self.state.hold:
+            hidden = hidden + self.held(module, active_adapter, x)
+        elif self.state.enabled:
             hidden = hidden + self.flipout(x, module.lora_A_rho[active_adapter], lora_A.weight)
         return result + lora_B(hidden) * module.scaling[active_adapter]
+
+    def held(self, module: LoraLayer, adapter: str, x: torch.Tensor) -> torch.Tensor:
+        """(A_g - M) x for rows of group g, with A_g one posterior draw kept for the whole block."""
+        std = posterior_std(module.lora_A_rho[adapter], self.parameterization).to(x.dtype)
+        unit = held_noise(self.state, module, f"A/{adapter}", tuple(std.shape), x, self.held_sampler)
+        grouped = split_groups(x, self.state.groups)
+        return torch.bmm(grouped, (std * unit).transpose(1, 2)).reshape(*x.shape[:-1], std.shape[0])
 
     def flipout(self, x: torch.Tensor, rho: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         """The Flipout noise on the rank side, shape x.shape[:-1] + (r,)."""
@@ -163,10 +192,7 @@ class BlobVariant(LoraVariant):
         std = posterior_std(rho, self.parameterization).to(x.dtype)
         rank, d_in = std.shape
         scaled_noise = std * self.noise((groups, rank, d_in), std)  # one draw per sample group
-        signs_in = rademacher_like(x)
-        if x.shape[0] % groups:
-            raise ValueError(f"batch of {x.shape[0]} rows cannot hold {groups} stacked posterior samples")
-        flipped = (x * signs_in).reshape(groups, -1, d_in)
+        flipped = split_groups(x * rademacher_like(x), groups)
         noise = torch.bmm(flipped, scaled_noise.transpose(1, 2)).reshape(*x.shape[:-1], rank)
         return noise * rademacher_like(noise)
 

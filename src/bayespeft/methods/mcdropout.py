@@ -62,7 +62,7 @@ class McDropoutLora(Method):
 
     @contextlib.contextmanager
     def sampling(
-        self, enabled: bool = True, seed: int | None = None, groups: int = 1, offset: int = 0
+        self, enabled: bool = True, seed: int | None = None, groups: int = 1, offset: int = 0, hold: bool = False
     ) -> Iterator[None]:
         """Force the LoRA dropout on (``enabled``: one MC sample per pass) or off, within the block.
 
@@ -72,7 +72,7 @@ class McDropoutLora(Method):
         try:
             for dropout in self.dropouts:
                 dropout.train(enabled)
-            with super().sampling(enabled, seed, groups, offset):
+            with super().sampling(enabled, seed, groups, offset, hold):
                 yield
         finally:
             for dropout, training in zip(self.dropouts, previous, strict=True):
