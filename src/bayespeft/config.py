@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .enums import ModelKind, Precision
+from .enums import MCScoring, ModelKind, Precision
 from .errors import ConfigError
 
 
@@ -78,9 +78,11 @@ class DataConfig:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     max_length: int = 300
+    mc_scoring: str = MCScoring.LETTER.value  # multiple choice with a causal LM: letter or cloze
 
     def validate(self) -> None:
         _require(self.max_length >= 8, "data.max_length", f"must be >= 8 (got {self.max_length})")
+        self.mc_scoring = MCScoring.parse(self.mc_scoring, "data.mc_scoring").value
         for name in ("max_train_examples", "max_eval_examples"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"data.{name}", f"must be >= 1 or null (got {value})")

@@ -91,3 +91,17 @@ class ModelKind(StrEnum):
 
     CAUSAL_LM = "causal_lm"
     SEQ_CLS = "seq_cls"
+
+
+class MCScoring(StrEnum):
+    """How a causal LM scores the choices of a multiple-choice question.
+
+    - ``letter``: choices listed as A) .. D) in the prompt; class logits are the next-token logits
+      of the letters at the last position (BLoB's protocol; one forward per question).
+    - ``cloze``: each choice text is appended to the question; its class logit is the mean log-probability
+      of its tokens (length-normalised, as lm-eval's acc_norm). Small models that answer letter prompts
+      at chance rank choice texts well above chance; costs one sequence per choice.
+    """
+
+    LETTER = "letter"
+    CLOZE = "cloze"

@@ -37,14 +37,14 @@ from .checkpoint import (
 from .config import RunConfig, load_config, save_config
 from .data.classification import classification_task_info, load_classification_dataset
 from .data.multiple_choice import is_mc_dataset, load_mc_dataset
-from .enums import ModelKind, Precision
+from .enums import MCScoring, ModelKind, Precision
 from .errors import ConfigError, DataError, RunDirError
 from .evaluation import evaluate
 from .methods import Method, Optimization, TrainingContext, build_method
 from .plots import plot_training_log
 from .rundir import RunDir
 from .tasks.base import Example, Task
-from .tasks.multiple_choice import MultipleChoiceTask
+from .tasks.multiple_choice import ClozeMultipleChoiceTask, MultipleChoiceTask
 from .tasks.sequence_classification import SequenceClassificationTask
 
 logger = logging.getLogger("bayespeft")
@@ -78,7 +78,8 @@ def build_session(config: RunConfig, accelerator: Accelerator | None = None) -> 
     kind = model_kind(config)
     if kind == ModelKind.CAUSAL_LM:
         model, tokenizer, _ = load_backbone(config.model)
-        task: Task = MultipleChoiceTask(tokenizer, max_length=config.data.max_length)
+        scorer = ClozeMultipleChoiceTask if config.data.mc_scoring == MCScoring.CLOZE else MultipleChoiceTask
+        task: Task = scorer(tokenizer, max_length=config.data.max_length)
         task_type = "CAUSAL_LM"
     else:
         info = classification_task_info(config.data.dataset)

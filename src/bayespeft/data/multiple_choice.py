@@ -109,6 +109,7 @@ class MCExample:
 
     ``answer_labels`` are the letters offered in the prompt (one per choice); the model's
     next-token logits for them give the class scores, and ``label`` indexes the gold one.
+    ``stem`` (the prompt without the lettered choices) and ``choices`` serve cloze scoring.
     """
 
     uid: str
@@ -116,6 +117,8 @@ class MCExample:
     answer_labels: tuple[str, ...]
     label: int
     dataset: str
+    stem: str = ""
+    choices: tuple[str, ...] = ()
 
 
 class _Request(NamedTuple):
@@ -139,7 +142,8 @@ def _prompt_example(dataset: str, uid: str, intro: str, body: str, choices: Sequ
     letters = tuple(_LETTERS[: len(choices)])
     lines = "".join(f"{letter}) {choice}\n" for letter, choice in zip(letters, choices, strict=True))
     prompt = f"{intro}\n\n{body}\nChoices:\n{lines}Answer:"
-    return MCExample(uid=uid, prompt=prompt, answer_labels=letters, label=label, dataset=dataset)
+    stem = f"{body}\nAnswer:"  # cloze: no instruction about labels
+    return MCExample(uid, prompt, letters, label, dataset, stem=stem, choices=tuple(choices))
 
 
 def _qa_example(

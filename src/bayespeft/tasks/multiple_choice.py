@@ -102,3 +102,85 @@ class MultipleChoiceTask:
     def loss(self, class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean NLL of the gold choice under the softmax over the question's choices."""
         return nn.functional.cross_entropy(class_logits, labels.to(class_logits.device))
+
+
+@dataclass
+class EncodedClozeExample:
+    """One question as one token sequence per choice (stem + choice text)."""
+
+    rows: list[list[int]]
+    choice_lengths: list[int]  # tokens of each row's choice text, at the row's end
+    label: int
+    num_choices: int
+    index: int
+
+
+class ClozeMultipleChoiceTask(MultipleChoiceTask):
+    """Scores each choice text appended to the question; class logit = mean log-prob of its tokens.
+
+    Rows are left padded, so every choice ends at the last position and the vocabulary projection
+    runs only on the last (longest choice + 1) positions (``logits_to_keep``).
+    """
+
+    def encode(self, examples: Sequence[MCExample]) -> list[EncodedClozeExample]:
+        """Tokenise stem and choices separately; over-long stems lose their beginning, choices are kept whole."""
+        self.answer_labels = sorted({lab for ex in examples for lab in ex.answer_labels}, key=lambda s: (len(s), s))
+        encoded = []
+        for index, ex in enumerate(examples):
+            if not ex.choices or not ex.stem:
+                raise DataError(f"{ex.dataset}:{ex.uid}: no choice texts to score (use data.mc_scoring=letter)")
+            stem = self.tokenizer(ex.stem, add_special_tokens=True)["input_ids"]
+            rows, lengths = [], []
+            for choice in ex.choices:
+                tokens = self.tokenizer(f" {choice}", add_special_tokens=False)["input_ids"][: self.max_length // 2]
+                if not tokens:
+                    raise DataError(f"{ex.dataset}:{ex.uid}: choice {choice!r} tokenises to nothing")
+                rows.append(stem[-(self.max_length - len(tokens)) :] + tokens)
+                lengths.append(len(tokens))
+            encoded.append(EncodedClozeExample(rows, lengths, ex.label, len(ex.choices), index))
+        return encoded
+
+    def collate(self, items: Sequence[EncodedClozeExample]) -> dict[str, torch.Tensor]:
+        """Left-padded rows of every choice of every question (question-major), with their scoring slots."""
+        rows = [row for it in items for row in it.rows]
+        width = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            input_ids[r, width - len(row) :] = torch.tensor(row)
+            attention_mask[r, width - len(row) :] = 1
+        slots = [q * self.num_classes + k for q, it in enumerate(items) for k in range(it.num_choices)]
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "choice_lengths": torch.tensor([n for it in items for n in it.choice_lengths]),
+            "slots": torch.tensor(slots),
+            "labels": torch.tensor([it.label for it in items]),
+            "num_choices": torch.tensor([it.num_choices for it in items]),
+            "index": torch.tensor([it.index for it in items]),
+        }
+
+    def class_logits(self, model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 1) -> torch.Tensor:
+        """Mean choice-token log-probabilities [repeats * B, C], -inf for absent choices."""
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        if repeats > 1:
+            input_ids, attention_mask = input_ids.repeat(repeats, 1), attention_mask.repeat(repeats, 1)
+        lengths = batch["choice_lengths"].to(input_ids.device).repeat(repeats)
+        span = int(lengths.max())
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+        output = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=span + 1
+        )
+        log_probs = output.logits[:, :-1, :].float().log_softmax(-1)  # predicts the last `span` tokens
+        targets = input_ids[:, -span:]
+        token_scores = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        in_choice = torch.arange(span, device=input_ids.device).unsqueeze(0) >= (span - lengths).unsqueeze(1)
+        scores = (token_scores * in_choice).sum(-1) / lengths
+        questions = batch["labels"].shape[0]
+        slots = batch["slots"].to(input_ids.device)
+        offsets = torch.arange(repeats, device=input_ids.device).repeat_interleave(slots.numel()) * (
+            questions * self.num_classes
+        )
+        logits = torch.full((repeats * questions * self.num_classes,), float("-inf"), device=input_ids.device)
+        logits = logits.index_put((slots.repeat(repeats) + offsets,), scores)
+        return logits.view(repeats * questions, self.num_classes)
