@@ -31,6 +31,13 @@ def test_apply_temperature_is_softmax_of_scaled_logits():
         apply_temperature(padded, 0.0)
 
 
+def test_absent_choices_do_not_break_the_fit():
+    """Questions with fewer choices than classes carry probability 0 there (log 0 = -inf)."""
+    probs, labels = overconfident(2000, seed=0)
+    padded = torch.cat([probs, torch.zeros(2000, 2, 1)], dim=-1)
+    assert fit_temperature(padded, labels) == pytest.approx(fit_temperature(probs, labels), rel=1e-6)
+
+
 def test_fitted_temperature_recovers_the_truth_and_lowers_held_out_nll():
     fit_probs, fit_labels = overconfident(4000, seed=0)
     temperature = fit_temperature(fit_probs, fit_labels)
@@ -90,3 +97,8 @@ def test_calibrate_command_writes_the_temperature(tmp_path, tiny_llama_dir, shar
     )
     scores = json.loads((run / "eval" / "scaled" / "metrics.json").read_text())["metrics"]
     assert scores["temperature"] == pytest.approx(fitted["temperature"])
+    assert main(["calibrate", "--run-dir", str(run), "--quiet", "--fit-split", "train", "--fit-offset", "16"]) == 0
+    unseen = json.loads((run / "temperature.json").read_text())
+    assert unseen["fit_offset"] == 16 and unseen["num_examples"] == 2251 - 16  # ARC-Easy train minus those trained on
+    assert main(["calibrate", "--run-dir", str(run), "--quiet", "--fit-offset", "100000"]) == 2
+    assert "--fit-offset" in capsys.readouterr().err

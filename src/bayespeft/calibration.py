@@ -21,7 +21,9 @@ def apply_temperature(sample_probs: torch.Tensor, temperature: float) -> torch.T
 
 
 def _nll(sample_probs: torch.Tensor, labels: torch.Tensor, log_temperature: torch.Tensor) -> torch.Tensor:
-    scaled = torch.softmax(sample_probs.double().log() / log_temperature.exp(), dim=-1).mean(dim=1)
+    present = sample_probs > 0  # absent choices: scaling -inf would give NaN gradients
+    log_probs = torch.where(present, sample_probs.double().log(), 0.0) / log_temperature.exp()
+    scaled = torch.softmax(log_probs.masked_fill(~present, float("-inf")), dim=-1).mean(dim=1)
     return -scaled.gather(1, labels.view(-1, 1)).clamp_min(1e-300).log().mean()
 
 

@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--fit-split", default="validation", help="held-out split to fit on (never the test split you report)"
     )
     calibrate.add_argument("--max-fit-examples", type=int, help="use the first N examples of the fit split")
+    calibrate.add_argument(
+        "--fit-offset", type=int, default=0, help="skip the first K examples of the fit split (e.g. those trained on)"
+    )
     _add_config_flags(calibrate)
 
     ood = sub.add_parser("ood", help="evaluate on shifted datasets and score OOD detection (AUROC)")
@@ -373,7 +376,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .training import load_examples
 
     run, config = _run_config(args)
-    examples = load_examples(config, args.fit_split, args.max_fit_examples)
+    if args.fit_offset < 0:
+        raise ConfigError(f"--fit-offset: must be >= 0 (got {args.fit_offset})")
+    limit = None if args.max_fit_examples is None else args.fit_offset + args.max_fit_examples
+    examples = load_examples(config, args.fit_split, limit)[args.fit_offset :]
+    if not examples:
+        raise ConfigError(f"--fit-offset: {args.fit_offset} skips every example of split {args.fit_split}")
     session = _trained_session(run, config)
     encoded = session.task.encode(examples)
     sample_probs, labels = predict(
@@ -388,6 +396,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         "temperature": temperature,
         "fit_dataset": config.data.dataset,
         "fit_split": args.fit_split,
+        "fit_offset": args.fit_offset,
         "num_examples": len(examples),
         "n_samples": config.eval.n_samples,
         "nll_before": before,
