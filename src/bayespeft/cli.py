@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .compare import add_compare_parser, run_compare
 from .errors import BayesPeftError, ConfigError
 from .report import add_report_parser, run_report
 from .sweep import add_sweep_parser, run_sweep
@@ -54,6 +55,7 @@ VALUE_FLAGS: list[tuple[tuple[str, ...], str, type, str]] = [
     (("--opt-wd", "--weight-decay"), "train.weight_decay", float, "AdamW weight decay"),
     (("--seed",), "train.seed", int, "random seed"),
     (("--checkpoint-every",), "train.checkpoint_every", int, "steps between resumable checkpoints"),
+    (("--report-to",), "train.report_to", str, "experiment trackers, comma-separated: tensorboard, wandb"),
     (
         ("--n-samples", "--bayes-eval-n-samples", "--bayes-eval-n-samples-final"),
         "eval.n_samples",
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_parser(sub)
     add_sweep_parser(sub)
+    add_compare_parser(sub)
     add_tune_parser(sub)
     return parser
 
@@ -175,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             "ood": _ood,
             "report": run_report,
             "sweep": run_sweep,
+            "compare": run_compare,
             "tune": run_tune,
         }
         return commands[args.command](args)
@@ -367,41 +371,54 @@ def _parse_dataset_list(value: str) -> list[tuple[str, str]]:
     return targets
 
 
-def _calibrate(args: argparse.Namespace) -> int:
+def fit_examples(config, split: str, offset: int, limit: int | None) -> list:
+    """The examples of ``split`` after its first ``offset`` (e.g. those trained on), at most ``limit`` of them."""
+    from .training import load_examples
+
+    if offset < 0:
+        raise ConfigError(f"--fit-offset: must be >= 0 (got {offset})")
+    examples = load_examples(config, split, None if limit is None else offset + limit)[offset:]
+    if not examples:
+        raise ConfigError(f"--fit-offset: {offset} skips every example of split {split}")
+    return examples
+
+
+def calibrate_temperature(session, config, examples: list, split: str, offset: int, progress: bool) -> dict[str, Any]:
+    """Fit a temperature on held-out ``examples`` with the session's trained adapter: the temperature.json payload."""
     from .calibration import apply_temperature, fit_temperature
-    from .checkpoint import write_json_atomic
     from .evaluation import predict
     from .metrics import negative_log_likelihood
     from .predictive import posterior_predictive_from_probs
-    from .training import load_examples
 
-    run, config = _run_config(args)
-    if args.fit_offset < 0:
-        raise ConfigError(f"--fit-offset: must be >= 0 (got {args.fit_offset})")
-    limit = None if args.max_fit_examples is None else args.fit_offset + args.max_fit_examples
-    examples = load_examples(config, args.fit_split, limit)[args.fit_offset :]
-    if not examples:
-        raise ConfigError(f"--fit-offset: {args.fit_offset} skips every example of split {args.fit_split}")
-    session = _trained_session(run, config)
     encoded = session.task.encode(examples)
     sample_probs, labels = predict(
-        session.model, session.method, session.task, encoded, config.eval, session.accelerator, not args.quiet
+        session.model, session.method, session.task, encoded, config.eval, session.accelerator, progress
     )
     temperature = fit_temperature(sample_probs, labels)
     before = negative_log_likelihood(posterior_predictive_from_probs(sample_probs), labels)
     after = negative_log_likelihood(
         posterior_predictive_from_probs(apply_temperature(sample_probs, temperature)), labels
     )
-    payload = {
+    return {
         "temperature": temperature,
         "fit_dataset": config.data.dataset,
-        "fit_split": args.fit_split,
-        "fit_offset": args.fit_offset,
+        "fit_split": split,
+        "fit_offset": offset,
         "num_examples": len(examples),
         "n_samples": config.eval.n_samples,
         "nll_before": before,
         "nll_after": after,
     }
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .checkpoint import write_json_atomic
+
+    run, config = _run_config(args)
+    examples = fit_examples(config, args.fit_split, args.fit_offset, args.max_fit_examples)
+    session = _trained_session(run, config)
+    payload = calibrate_temperature(session, config, examples, args.fit_split, args.fit_offset, not args.quiet)
+    temperature, before, after = payload["temperature"], payload["nll_before"], payload["nll_after"]
     if session.accelerator.is_main_process:
         write_json_atomic(run.root / "temperature.json", payload)
     print(
@@ -414,9 +431,12 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _print_scores(payload: dict[str, Any], where: Path) -> None:
     m = payload["metrics"]
+    head = f"{payload['method']} on {payload['dataset']} ({payload['split']}, N={payload['n_samples']}): "
+    if "token_nll" in m:  # generative data: answer likelihoods (generation metrics come from `bayespeft sample`)
+        print(f"{head}answer-token NLL {m['token_nll']:.4f}  perplexity {m['perplexity']:.2f}  -> {where}")
+        return
     print(
-        f"{payload['method']} on {payload['dataset']} ({payload['split']}, N={payload['n_samples']}): "
-        f"ACC {m['acc']:.4f}  ECE {m['ece']:.4f}  NLL {m['nll']:.4f}  Brier {m['brier']:.4f}  "
+        f"{head}ACC {m['acc']:.4f}  ECE {m['ece']:.4f}  NLL {m['nll']:.4f}  Brier {m['brier']:.4f}  "
         f"entropy {m['entropy']:.4f}  MI {m['mutual_information']:.4f}  -> {where}"
     )
 

@@ -11,6 +11,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ import yaml
 
 from .enums import MCScoring, ModelKind, Precision
 from .errors import ConfigError
+
+#: Experiment trackers ``train.report_to`` accepts (accelerate's names) -> the pip package each needs.
+TRACKERS: dict[str, str] = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
 @dataclass
@@ -103,6 +107,8 @@ class TrainConfig:
     shuffle: bool = True
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
+    report_to: list[str] = field(default_factory=list)  # experiment trackers (TRACKERS); [] = no tracking
+    tracking_project: str = "bayespeft"  # the trackers' project (tensorboard: the folder <run dir>/<project>)
 
     def validate(self) -> None:
         _require(self.lr > 0, "train.lr", f"must be > 0 (got {self.lr})")
@@ -126,6 +132,17 @@ class TrainConfig:
             "train.keep_checkpoints",
             f"must be >= 1 (got {self.keep_checkpoints})",
         )
+        self.report_to = [name.strip().lower() for name in self.report_to]
+        for name in self.report_to:
+            _require(
+                name in TRACKERS, "train.report_to", f"has unknown tracker {name!r} (choose from {list(TRACKERS)})"
+            )
+        _require(
+            len(set(self.report_to)) == len(self.report_to),
+            "train.report_to",
+            f"lists a tracker twice (got {self.report_to})",
+        )
+        _require(bool(self.tracking_project.strip()), "train.tracking_project", "must not be empty")
 
 
 @dataclass
@@ -229,6 +246,17 @@ def save_config(config: RunConfig, path: Path) -> None:
     from .checkpoint import write_text_atomic
 
     write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def flatten_dict(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level with dotted keys: ``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_dict(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _require(ok: bool, name: str, message: str) -> None:

@@ -87,10 +87,27 @@ class ModelKind(StrEnum):
 
     - ``causal_lm``: a decoder LM, scored from next-token logits (multiple choice by letter).
     - ``seq_cls``: an encoder with a sequence-classification head.
+    - ``seq2seq``: an encoder-decoder LM (BART, T5), loaded with AutoModelForSeq2SeqLM, for generation.
     """
 
     CAUSAL_LM = "causal_lm"
     SEQ_CLS = "seq_cls"
+    SEQ2SEQ = "seq2seq"
+
+
+class DecodingStrategy(StrEnum):
+    """How each sequence is decoded under its weight sample (see :mod:`bayespeft.generation`).
+
+    - ``greedy``: the most likely next token at every step; deterministic given the weights, so
+      all variation between samples is weight uncertainty.
+    - ``beam``: beam search with ``num_beams`` beams, the best beam returned; deterministic too.
+    - ``sample``: ancestral sampling from the next-token distribution after temperature, top-k and
+      top-p, each sequence with its own seeded stream: decoding noise on top of weight noise.
+    """
+
+    GREEDY = "greedy"
+    BEAM = "beam"
+    SAMPLE = "sample"
 
 
 class MCScoring(StrEnum):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ from .calibration import apply_temperature
 from .checkpoint import write_text_atomic
 from .config import EvalConfig
 from .data.classification import task_metric
+from .errors import ConfigError
 from .methods import Method
 from .metrics import UncertaintyMetrics
 from .tasks.base import Example, Task
+from .tasks.generative import GenerativeTask, mc2_score
 from .tasks.sequence_classification import SequenceClassificationTask
 
 
@@ -62,7 +65,7 @@ def predict(
 def evaluate(
     model: nn.Module,
     method: Method,
-    task: Task,
+    task: Task | GenerativeTask,
     examples: Sequence[Example],
     config: EvalConfig,
     accelerator: Accelerator,
@@ -70,7 +73,12 @@ def evaluate(
     title: str = "",
     progress: bool = True,
 ) -> dict[str, float]:
-    """Score ``examples``; on the main process write metrics.json, predictions.jsonl and the diagram."""
+    """Score ``examples``; on the main process write metrics.json, predictions.jsonl and the diagram.
+
+    Open-ended datasets (a :class:`GenerativeTask`) are scored by :func:`evaluate_answers` instead.
+    """
+    if isinstance(task, GenerativeTask):
+        return evaluate_answers(model, method, task, examples, config, accelerator, output_dir, progress)
     encoded = task.encode(examples)
     sample_probs, labels = predict(model, method, task, encoded, config, accelerator, progress)
     if config.temperature is not None:
@@ -84,10 +92,82 @@ def evaluate(
         predictions = sample_probs.mean(dim=1).argmax(dim=-1).tolist()
         usual = task_metric(examples[0].dataset, predictions, labels.tolist())
         scores.update({k: v for k, v in usual.items() if k != "accuracy"})
+    if examples and getattr(examples[0], "true_labels", ()):  # TruthfulQA MC2 on the lettered prompt
+        true_mask = torch.zeros(sample_probs.shape[0], sample_probs.shape[-1], dtype=torch.bool)
+        for row, example in enumerate(examples):
+            true_mask[row, list(example.true_labels)] = True
+        scores["mc2"] = float(mc2_score(sample_probs.mean(dim=1).log(), true_mask).mean())
     if output_dir is not None and accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_predictions(output_dir / "predictions.jsonl", examples, metrics.per_example())
         metrics.plot_reliability(output_dir / "reliability.png", title=title or None)
+    return scores
+
+
+@torch.no_grad()
+def evaluate_answers(
+    model: nn.Module,
+    method: Method,
+    task: GenerativeTask,
+    examples: Sequence[Any],
+    config: EvalConfig,
+    accelerator: Accelerator,
+    output_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Teacher-forced likelihood of the reference answers under the posterior predictive.
+
+    Each draw scores a whole answer under one weight sample (draws as in :func:`predict`: the
+    method's, stacked ``samples_per_pass`` at a time, per-batch seeds); the predictive probability
+    of an answer is the mean over draws, log p(y|x) = logsumexp_s log p_s(y|x) - log S. Scores:
+    ``token_nll`` = -sum_i log p(y_i|x_i) / sum_i |y_i| (answer tokens, EOS included),
+    ``perplexity`` = exp(token_nll), ``sequence_nll`` = mean_i -log p(y_i|x_i). On the main process
+    writes predictions.jsonl (per answer: tokens, predictive and per-draw log-likelihoods).
+    """
+    if config.temperature is not None:
+        raise ConfigError("eval.temperature: a temperature rescales class probabilities; answers have none")
+    model.eval()
+    sampling = config.n_samples > 0 and method.stochastic
+    num_draws = method.num_draws(config.n_samples)
+    encoded = task.encode(examples)
+    batches = [(i, encoded[i : i + config.batch_size]) for i in range(0, len(encoded), config.batch_size)]
+    shard = batches[accelerator.process_index :: accelerator.num_processes]
+    rows: list[tuple[int, torch.Tensor, int]] = []
+    bar = tqdm(shard, desc="evaluate", unit="batch", disable=not (progress and accelerator.is_main_process))
+    for start, items in bar:
+        with method.sampling(enabled=sampling, seed=config.seed * 1_000_003 + start):
+            batch = {k: v.to(accelerator.device) for k, v in task.collate(items).items()}
+            draws, done = [], 0
+            while done < num_draws:
+                stack = min(num_draws - done, config.samples_per_pass)
+                with method.sampling(enabled=sampling, groups=stack, offset=done), accelerator.autocast():
+                    draws.append(task.sequence_log_likelihoods(model, batch, repeats=stack).view(stack, len(items)))
+                done += stack
+            log_likelihoods = torch.cat(draws).T.double().cpu()
+            lengths = task.answer_lengths(batch).tolist()
+            rows.extend((it.index, log_likelihoods[i], lengths[i]) for i, it in enumerate(items))
+    if accelerator.num_processes > 1:
+        rows = gather_object(rows)
+    rows.sort(key=lambda r: r[0])
+    draw_log_likelihoods = torch.stack([r[1] for r in rows])  # [N, S]
+    predictive = torch.logsumexp(draw_log_likelihoods, dim=1) - math.log(num_draws)
+    tokens = sum(r[2] for r in rows)
+    token_nll = float(-predictive.sum() / tokens)
+    scores = {
+        "token_nll": token_nll,
+        "perplexity": math.exp(token_nll),
+        "sequence_nll": float(-predictive.mean()),
+        "num_examples": len(rows),
+        "num_answer_tokens": tokens,
+        "num_samples": num_draws,
+    }
+    if output_dir is not None and accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        records = [
+            {"answer_tokens": r[2], "log_likelihood": float(p), "draw_log_likelihoods": r[1].tolist()}
+            for r, p in zip(rows, predictive, strict=True)
+        ]
+        write_predictions(output_dir / "predictions.jsonl", examples, records)
     return scores
 
 

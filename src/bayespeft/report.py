@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_METRICS",
     "DEFAULT_SCALE",
     "GROUP_FIELDS",
+    "PAPER_STYLE",
     "AggregateRow",
     "ResultRow",
     "add_report_parser",
@@ -58,6 +59,7 @@ __all__ = [
     "load_predictions",
     "plot_reliability_grid",
     "run_report",
+    "save_figure",
     "to_latex",
     "to_markdown",
     "write_report",
@@ -84,6 +86,15 @@ _NAMES = {
     "auroc_entropy": "AUROC (entropy)",
     "auroc_max_prob": "AUROC (max prob)",
     "auroc_mutual_information": "AUROC (MI)",
+}
+#: Matplotlib rc settings of the report figures: small type for a paper column, no top/right spines.
+PAPER_STYLE: Mapping[str, Any] = {
+    "font.size": 8,
+    "axes.titlesize": 8.5,
+    "axes.labelsize": 8.5,
+    "legend.fontsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
 }
 _FIELD_NAMES = {"method": "Method", "model": "Model", "dataset": "Dataset", "split": "Split", "n_samples": "N"}
 
@@ -546,15 +557,7 @@ def plot_reliability_grid(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    style = {
-        "font.size": 8,
-        "axes.titlesize": 8.5,
-        "axes.labelsize": 8.5,
-        "legend.fontsize": 8,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-    }
-    with plt.rc_context(style):
+    with plt.rc_context(PAPER_STYLE):
         n_rows, n_cols = len(datasets), len(columns)
         fig, axes = plt.subplots(
             n_rows, n_cols, sharex=True, sharey=True, squeeze=False, figsize=(2.3 * n_cols + 0.4, 2.35 * n_rows + 0.6)
@@ -604,15 +607,20 @@ def plot_reliability_grid(
             # Leave room below the x labels for the legend (about 0.2 inch per legend row).
             legend_in = 0.1 + 0.2 * math.ceil(len(handles) / ncol)
             fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1), h_pad=2.5)
-            tmp = _temp_path(path)
-            try:
-                fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
-                _replace_with(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            save_figure(fig, path)
         finally:
             plt.close(fig)
     return path
+
+
+def save_figure(fig: Any, path: Path, file_format: str = "png", dpi: int = 150) -> None:
+    """Write a matplotlib figure to ``path`` atomically (a crash leaves the old file or the new one)."""
+    tmp = _temp_path(path)
+    try:
+        fig.savefig(tmp, format=file_format, dpi=dpi, bbox_inches="tight")
+        _replace_with(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- report

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import math
 import re
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,7 +43,7 @@ import yaml
 
 from .checkpoint import read_json, write_json_atomic, write_text_atomic
 from .compose import GROUPS, compose_config
-from .config import RunConfig, load_config
+from .config import RunConfig, flatten_dict, load_config
 from .errors import BayesPeftError, ConfigError, RunDirError
 from .report import aggregate, collect_results, to_markdown
 
@@ -55,7 +56,12 @@ __all__ = [
     "expand_sweep",
     "load_sweep_spec",
     "parse_grid_option",
+    "plan_points",
+    "point_name",
+    "run_points",
     "run_sweep",
+    "train_point",
+    "write_manifest",
 ]
 
 #: Per-step quantities of ``train_log.jsonl`` plotted per sweep: key -> axis title.
@@ -77,8 +83,12 @@ class SweepSpec:
     output_dir: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        plain = dataclasses.asdict(self)
-        return {k: str(v) if isinstance(v, Path) else v for k, v in plain.items()}
+        return spec_dict(self)
+
+
+def spec_dict(spec: Any) -> dict[str, Any]:
+    """A spec dataclass as plain data for a manifest (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(spec).items()}
 
 
 @dataclass(frozen=True)
@@ -207,7 +217,7 @@ def expand_sweep(spec: SweepSpec) -> list[SweepPoint]:
     names: dict[str, dict[str, Any]] = {}
     for combination in itertools.product(*axes.values()):
         values = dict(zip(axes, combination, strict=True))
-        name = "__".join(f"{short[k]}={_sanitise(_text(v))}" for k, v in values.items())
+        name = point_name(values)
         described = ", ".join(f"{k}={_text(v)}" for k, v in values.items())
         if name in names:
             raise ConfigError(f"sweep points ({described}) and ({names[name]}) get the same directory name {name}")
@@ -250,6 +260,12 @@ def _check_axis_types(spec: SweepSpec, axes: Mapping[str, list[Any]]) -> None:
             raise ConfigError(f"sweep grid {key} selects {key} config files by name; got {bad[0]!r}")
 
 
+def point_name(values: Mapping[str, Any]) -> str:
+    """A point's directory name: ``key=value`` parts joined by ``__`` (short keys, unsafe characters replaced)."""
+    short = _short_names(list(values))
+    return "__".join(f"{short[k]}={_sanitise(_text(v))}" for k, v in values.items())
+
+
 def _short_names(keys: list[str]) -> dict[str, str]:
     """Directory-name keys: the last part of a dotted key unless two keys share it; seed and data."""
     fixed = {_SEED_KEY: "seed", _DATA_KEY: "data"}
@@ -286,10 +302,31 @@ def execute_sweep(spec: SweepSpec, *, progress: bool = True, dry_run: bool = Fal
     if spec.output_dir is None:
         raise ConfigError("sweep: no output directory (output_dir in the spec or -o)")
     out = Path(spec.output_dir)
+    points = expand_sweep(spec)
+    entries = plan_points(points, out)
+    manifest = {"spec": spec.to_dict(), "points": entries}
+    if dry_run:
+        return manifest
+    run_points(points, manifest, out / "sweep.json", progress=progress)
+    finished = [(p, e) for p, e in zip(points, entries, strict=True) if e["status"] == "finished"]
+    for point, entry in finished:
+        entry["summary"] = point_summary(out / point.name)
+    if finished:
+        manifest["plots"] = [str(p) for p in plot_sweep([(p, out / p.name) for p, _ in finished], out / "plots")]
+        write_text_atomic(out / "results.md", results_markdown(finished, out))
+        manifest["results"] = str(out / "results.md")
+    write_manifest(out / "sweep.json", manifest)
+    return manifest
+
+
+def plan_points(points: Sequence[SweepPoint], out: Path) -> list[dict[str, Any]]:
+    """The manifest entry of each point run in ``out/<name>``, with its action; nothing is written.
+
+    Raises RunDirError when ``out`` is a file or a point's directory holds another run.
+    """
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out}: exists and is not a directory")
-    points = expand_sweep(spec)
-    entries = [
+    return [
         {
             "name": p.name,
             "run_dir": str(out / p.name),
@@ -300,43 +337,53 @@ def execute_sweep(spec: SweepSpec, *, progress: bool = True, dry_run: bool = Fal
         }
         for p in points
     ]
-    manifest = {"spec": spec.to_dict(), "points": entries}
-    if dry_run:
-        return manifest
-    from .training import Trainer
 
-    out.mkdir(parents=True, exist_ok=True)
-    _write_manifest(out, manifest)
+
+def run_points(
+    points: Sequence[SweepPoint],
+    manifest: dict[str, Any],
+    manifest_path: Path,
+    *,
+    progress: bool = True,
+    execute: Callable[[SweepPoint, Path, bool], str] | None = None,
+) -> None:
+    """Run the points (entries ``manifest["points"]`` from :func:`plan_points`) in order, skipping finished ones.
+
+    ``execute(point, run_dir, resume)`` runs one point and returns its status (default: :func:`train_point`);
+    a point failing with a BayesPeftError is recorded as failed and the others go on. The manifest
+    is written to ``manifest_path`` before and after every run.
+    """
+    execute = execute or functools.partial(train_point, progress=progress)
+    entries = manifest["points"]
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(manifest_path, manifest)
     for index, (point, entry) in enumerate(zip(points, entries, strict=True), 1):
         print(f"[{index}/{len(points)}] {point.name}: {entry['action']}", flush=True)
         if entry["action"] == "skip":
             entry["status"] = "finished"
             continue
         entry["status"] = "running"
-        _write_manifest(out, manifest)
+        write_manifest(manifest_path, manifest)
         try:
-            trainer = Trainer(point.config, out / point.name, resume=entry["action"] == "resume", progress=progress)
-            entry["status"] = trainer.run_training()["status"]
+            entry["status"] = execute(point, Path(entry["run_dir"]), entry["action"] == "resume")
         except BayesPeftError as exc:
             entry.update(status="failed", error=str(exc))
             print(f"[{index}/{len(points)}] {point.name}: failed: {exc}", flush=True)
-        _write_manifest(out, manifest)
-    finished = [(p, e) for p, e in zip(points, entries, strict=True) if e["status"] == "finished"]
-    for point, entry in finished:
-        entry["summary"] = point_summary(out / point.name)
-    if finished:
-        manifest["plots"] = [str(p) for p in plot_sweep([(p, out / p.name) for p, _ in finished], out / "plots")]
-        write_text_atomic(out / "results.md", results_markdown(finished, out))
-        manifest["results"] = str(out / "results.md")
-    _write_manifest(out, manifest)
-    return manifest
+        write_manifest(manifest_path, manifest)
+
+
+def train_point(point: SweepPoint, run_dir: Path, resume: bool, progress: bool = True) -> str:
+    """Train (or resume) one point in ``run_dir``; returns the run's status."""
+    from .training import Trainer
+
+    return Trainer(point.config, run_dir, resume=resume, progress=progress).run_training()["status"]
 
 
 def _action(run_dir: Path, config: RunConfig) -> str:
     """``skip`` (finished), ``resume`` (a saved config) or ``start``; a run of another config is an error."""
     saved = run_dir / "config.yaml"
     if saved.is_file():
-        theirs, ours = _flatten(load_config(saved).to_dict()), _flatten(config.to_dict())
+        theirs, ours = flatten_dict(load_config(saved).to_dict()), flatten_dict(config.to_dict())
         for key in sorted(set(theirs) | set(ours)):
             if theirs.get(key) != ours.get(key):
                 raise RunDirError(
@@ -351,19 +398,10 @@ def _action(run_dir: Path, config: RunConfig) -> str:
     return "start"
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Stamp ``manifest`` with the time and write it to ``path`` atomically."""
     manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json_atomic(out / "sweep.json", manifest)
+    write_json_atomic(path, manifest)
 
 
 # --------------------------------------------------------------------------- results

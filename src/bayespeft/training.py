@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import is_tensorboard_available, is_wandb_available, set_seed
 from tqdm.auto import tqdm
 
 from . import __version__
-from .backbones import load_backbone, lora_targets, resolve_model
+from .backbones import PEFT_TASK_TYPES, load_backbone, lora_targets, resolve_model
 from .checkpoint import (
     find_latest_checkpoint,
     load_training_checkpoint,
@@ -34,8 +34,9 @@ from .checkpoint import (
     write_json_atomic,
     write_text_atomic,
 )
-from .config import RunConfig, load_config, save_config
+from .config import TRACKERS, RunConfig, flatten_dict, load_config, save_config
 from .data.classification import classification_task_info, load_classification_dataset
+from .data.generative import is_generative_dataset, load_generative_dataset
 from .data.multiple_choice import is_mc_dataset, load_mc_dataset
 from .enums import MCScoring, ModelKind, Precision
 from .errors import ConfigError, DataError, RunDirError
@@ -44,6 +45,7 @@ from .methods import Method, Optimization, TrainingContext, build_method
 from .plots import plot_training_log
 from .rundir import RunDir
 from .tasks.base import Example, Task
+from .tasks.generative import GenerativeTask
 from .tasks.multiple_choice import ClozeMultipleChoiceTask, MultipleChoiceTask
 from .tasks.sequence_classification import SequenceClassificationTask
 
@@ -58,28 +60,64 @@ class Session:
     accelerator: Accelerator
     method: Method
     model: torch.nn.Module
-    task: Task
+    task: Task | GenerativeTask
 
 
-def make_accelerator(config: RunConfig) -> Accelerator:
+#: Whether the package of each tracker in TRACKERS is installed.
+_TRACKER_AVAILABLE = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+
+
+def make_accelerator(config: RunConfig, project_dir: Path | None = None) -> Accelerator:
+    """The accelerator of a session; a training run (``project_dir``: its run directory) gets its trackers.
+
+    A tracker whose package is missing is a ConfigError here: accelerate would silently drop it.
+    """
     mixed = "bf16" if config.model.precision == Precision.BF16_AUTOCAST else "no"
-    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    trackers = config.train.report_to if project_dir is not None else []
+    for name in trackers:
+        if not _TRACKER_AVAILABLE[name]():
+            raise ConfigError(
+                f"train.report_to: tracker {name} needs the {TRACKERS[name]} package (pip install {TRACKERS[name]})"
+            )
+    return Accelerator(
+        mixed_precision=mixed,
+        cpu=not torch.cuda.is_available(),
+        log_with=trackers or None,
+        project_dir=str(project_dir) if trackers else None,
+    )
+
+
+def _scalars(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric entries of a log record or metrics dict, for the trackers."""
+    return {
+        prefix + key: value
+        for key, value in values.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and key != "step"
+    }
 
 
 def build_session(config: RunConfig, accelerator: Accelerator | None = None) -> Session:
     """Load the backbone, inject the method's adapters and set up the task the model kind calls for.
 
-    Causal LMs answer multiple choice by letter; encoders classify with their head. A freshly
+    Open-ended datasets train a causal or seq2seq LM on the answer tokens; otherwise causal LMs
+    answer multiple choice by letter and encoders classify with their head. A freshly
     initialised classification head is seeded by ``train.seed`` so that every process and every
     later `evaluate` rebuilds the same frozen head.
     """
     accelerator = accelerator or make_accelerator(config)
     method = build_method(config.method)
     kind = model_kind(config)
-    if kind == ModelKind.CAUSAL_LM:
+    if is_generative_dataset(config.data.dataset):
+        check_answer_level_method(method, config.data.dataset)
+        model, tokenizer, _ = load_backbone(config.model)
+        task: Task | GenerativeTask = GenerativeTask(
+            tokenizer, config.data.max_length, encoder_decoder=kind == ModelKind.SEQ2SEQ
+        )
+        task_type = PEFT_TASK_TYPES[kind]
+    elif kind == ModelKind.CAUSAL_LM:
         model, tokenizer, _ = load_backbone(config.model)
         scorer = ClozeMultipleChoiceTask if config.data.mc_scoring == MCScoring.CLOZE else MultipleChoiceTask
-        task: Task = scorer(tokenizer, max_length=config.data.max_length)
+        task = scorer(tokenizer, max_length=config.data.max_length)
         task_type = "CAUSAL_LM"
     else:
         info = classification_task_info(config.data.dataset)
@@ -93,9 +131,16 @@ def build_session(config: RunConfig, accelerator: Accelerator | None = None) -> 
 
 
 def model_kind(config: RunConfig) -> ModelKind:
-    """Causal LM or sequence classifier, checked against the dataset's kind."""
+    """Causal LM, seq2seq LM or sequence classifier, checked against the dataset's kind."""
     _, kind = resolve_model(config.model)
     name = config.data.dataset
+    if is_generative_dataset(name):
+        if kind == ModelKind.SEQ_CLS:
+            raise ConfigError(
+                f"data.dataset: {name} is an open-ended dataset, trained on answer tokens by a causal or seq2seq LM; "
+                f"{config.model.name} is a sequence classifier (use e.g. --model smollm2-135m)"
+            )
+        return kind
     if kind == ModelKind.SEQ_CLS and not is_classification_dataset(name):
         raise ConfigError(
             f"data.dataset: {name} is a multiple-choice dataset, scored by a causal LM; "
@@ -107,6 +152,17 @@ def model_kind(config: RunConfig) -> ModelKind:
             f"(use e.g. --model minilm-l6); {config.model.name} is a causal LM"
         )
     return kind
+
+
+def check_answer_level_method(method: Method, dataset: str) -> None:
+    """Open-ended datasets draw weights per answer sequence; methods that fit or predict through class
+    probabilities (Laplace's linearised predictive, TFB's sigma search) cannot run on them."""
+    cls = type(method)
+    if cls.fit_posthoc is not Method.fit_posthoc or cls.predictive_samples is not Method.predictive_samples:
+        raise ConfigError(
+            f"method.name: {method.name} works on class probabilities; {dataset} is an open-ended dataset "
+            "(use a trained method: mle, map, blob, bbb, ensemble, mcdropout)"
+        )
 
 
 def is_classification_dataset(name: str) -> bool:
@@ -121,7 +177,9 @@ def is_classification_dataset(name: str) -> bool:
 def load_examples(config: RunConfig, split: str, limit: int | None) -> list:
     """The split's examples in the form the model kind's task reads."""
     data = config.data
-    if model_kind(config) == ModelKind.CAUSAL_LM:
+    if is_generative_dataset(data.dataset):
+        examples = load_generative_dataset(data.dataset, split, data.data_dir, limit=limit, seed=config.train.seed)
+    elif model_kind(config) == ModelKind.CAUSAL_LM:
         examples = load_mc_dataset(data.dataset, split, data.data_dir, limit=limit, seed=config.train.seed)
     else:
         examples = load_classification_dataset(data.dataset, split, data.data_dir, limit=limit, seed=config.train.seed)
@@ -165,7 +223,7 @@ class Trainer:
                 config = saved  # resuming always continues the saved run's config
                 logger.info("resuming with the configuration saved in %s", self.run.config)
         self.config, self.resume, self.overwrite, self.progress = config, resume, overwrite, progress
-        self._acc = make_accelerator(config)
+        self._acc = make_accelerator(config, self.run.root)
         if stop_after_steps is not None and stop_after_steps < 1:
             raise ConfigError(f"--stop-after-steps must be >= 1 (got {stop_after_steps})")
         self.stop_after_steps = stop_after_steps
@@ -206,6 +264,11 @@ class Trainer:
             self.run.create(overwrite=self.overwrite)
             if not self.resume:
                 save_config(config, self.run.config)
+        if config.train.report_to:  # the resolved config as the tracked run's hyperparameters
+            hparams = {
+                k: v if isinstance(v, int | float | str) else str(v) for k, v in flatten_dict(config.to_dict()).items()
+            }
+            acc.init_trackers(config.train.tracking_project, hparams, {"wandb": {"name": self.run.root.name}})
         model = acc.prepare_model(model)
         start_step = self._restore(model, optimization) if self.resume else 0
         end_step = config.train.max_steps
@@ -217,6 +280,7 @@ class Trainer:
             optimization.info.update(method.fit_posthoc(model, task, train_examples, config, acc))
         if end_step < config.train.max_steps:
             logger.info("stopped at step %d of %d; continue with --resume", end_step, config.train.max_steps)
+            self._finish_tracking()
             return {"status": "paused", "step": end_step}
         return {"status": "finished", **self._finish(session, model, eval_examples, optimization, step_times)}
 
@@ -254,21 +318,19 @@ class Trainer:
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             began = time.perf_counter()
             copies = method.train_groups  # ensemble members each see the batch: mean of their NLLs
-            labels = batch["labels"].repeat(copies)
             with method.sampling(enabled=True, groups=copies), acc.autocast():
-                logits = task.class_logits(model, batch, repeats=copies)
-                nll = task.loss(logits, labels)
+                nll, batch_scores = batch_loss(task, model, batch, copies)
             record = optimization.step(nll, acc.backward)
             step_times.append(time.perf_counter() - began)
-            accuracy = float((logits.argmax(-1) == labels).float().mean())
             record = {
                 "step": step + 1,
                 "epoch": epoch,
                 **record,
-                "batch_acc": accuracy,
+                **batch_scores,
                 "step_time_s": step_times[-1],
             }
             log_lines.append(json.dumps(record))
+            acc.log(_scalars(record), step=step + 1)
             bar.update(1)
             bar.set_postfix(nll=f"{record['nll']:.3f}", **({"pi": f"{record['pi']:.2g}"} if "pi" in record else {}))
             if (step + 1) % train.checkpoint_every == 0 or step + 1 == end_step:
@@ -381,8 +443,29 @@ class Trainer:
                 plot_training_log(
                     [json.loads(line) for line in lines if line.strip()], self.run.plots / "training.png", title
                 )
-            (self.run.root / "reliability.png").replace(self.run.plots / "reliability.png")
+            if not isinstance(session.task, GenerativeTask):  # answers have no reliability diagram
+                (self.run.root / "reliability.png").replace(self.run.plots / "reliability.png")
+        acc.log(_scalars(scores, "eval/"), step=config.train.max_steps)
+        self._finish_tracking()
         return payload
+
+    def _finish_tracking(self) -> None:
+        """Close the trackers' run. Not ``end_training``: that also ends the process group of a multi-process
+        sweep, whose later runs still need it."""
+        for tracker in self._acc.trackers:
+            tracker.finish()
+
+
+def batch_loss(
+    task: Task | GenerativeTask, model: torch.nn.Module, batch: dict[str, torch.Tensor], repeats: int
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The mean NLL of a training batch stacked ``repeats`` times, and the batch's score to log:
+    the class accuracy (``batch_acc``) or, for open-ended answers, the answer-token accuracy."""
+    if isinstance(task, GenerativeTask):
+        return task.training_loss(model, batch, repeats)
+    labels = batch["labels"].repeat(repeats)
+    logits = task.class_logits(model, batch, repeats=repeats)
+    return task.loss(logits, labels), {"batch_acc": float((logits.argmax(-1) == labels).float().mean())}
 
 
 def run_summary(config: RunConfig, scores: dict[str, float], examples: list[Example], split: str) -> dict[str, Any]:

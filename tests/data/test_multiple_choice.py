@@ -292,7 +292,15 @@ def test_malformed_jsonl(tmp_path: Path, second_line: str, problem: str) -> None
 def test_small_valid_jsonl(tmp_path: Path) -> None:
     write(tmp_path, "arc_easy/ARC-Easy-Dev.jsonl", f"{ARC_OK}\n\n")
     [ex] = load_mc_dataset("arc_easy", "validation", tmp_path)
-    assert ex == MCExample("x1", QA_INTRO + "Question: Q?\nChoices:\nA) a\nB) b\nAnswer:", ("A", "B"), 1, "arc_easy")
+    assert ex == MCExample(
+        "x1",
+        QA_INTRO + "Question: Q?\nChoices:\nA) a\nB) b\nAnswer:",
+        ("A", "B"),
+        1,
+        "arc_easy",
+        stem="Question: Q?\nAnswer:",
+        choices=("a", "b"),
+    )
 
 
 OBQA_HEADER = "ID\tQuestion Stem\tChoices\tComplete Question\tAnswer Key\n"
@@ -397,6 +405,8 @@ def test_hub_arc(hub: dict) -> None:
         ("A", "B", "C"),
         2,
         "arc_challenge",
+        stem="Question: What is it?\nAnswer:",
+        choices=("one", "two", "three"),
     )
 
 
@@ -425,6 +435,8 @@ def test_hub_winogrande(hub: dict) -> None:
         ("A", "B"),
         0,
         "winogrande_m",
+        stem="Question: A beat B so _ won.\nAnswer:",
+        choices=("A", "B"),
     )
     with pytest.raises(ConfigError, match="available: train, validation"):
         load_mc_dataset("winogrande_m", "test")
@@ -446,6 +458,8 @@ def test_hub_boolq(hub: dict) -> None:
         ("A", "B"),
         0,
         "boolq",
+        stem="Passage: Fire -- hot.\nQuestion: is fire hot?\nAnswer:",
+        choices=("true", "false"),
     )
 
 
@@ -490,3 +504,115 @@ def test_hub_bad_row(hub: dict) -> None:
     ]
     with pytest.raises(DataError, match=r"cais/mmlu \(virology\) split test row 1: field 'answer'"):
         load_mc_dataset("mmlu:virology", "test")
+
+
+# ----------------------------------------------------------------------------- TruthfulQA MC1 / MC2
+
+
+@pytest.mark.parametrize("name", ["truthfulqa_mc1", "truthfulqa_mc2"])
+def test_truthfulqa_mc_counts_and_split_shared_with_generation(name: str) -> None:
+    from bayespeft.data.generative import load_generative_dataset
+
+    for split, count in (("train", 417), ("validation", 100), ("test", 300)):
+        examples = load(name, split)
+        assert len(examples) == len({ex.uid for ex in examples}) == count
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            generation = load_generative_dataset("truthfulqa", split, DATA)
+        assert {ex.uid for ex in examples} == {ex.uid for ex in generation}
+        for ex in examples:
+            assert ex.dataset == name and ex.prompt.endswith("\nAnswer:")
+            assert ex.answer_labels == tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(ex.answer_labels)])
+            assert 0 <= ex.label < len(ex.answer_labels) == len(ex.choices)
+            if name == "truthfulqa_mc1":
+                assert ex.true_labels == ()
+            else:
+                assert ex.label in ex.true_labels and len(ex.true_labels) < len(ex.choices)
+
+
+def test_truthfulqa_mc_snapshot_and_shuffle() -> None:
+    task = json.loads((DATA / "truthfulqa" / "data" / "mc_task.json").read_text())
+    pomegranate = task[0]
+    every = [ex for split in ("train", "validation", "test") for ex in load("truthfulqa_mc1", split)]
+    mc1 = next(ex for ex in every if "Question: What happens if you eat a pomegranate?\n" in ex.prompt)
+    assert sorted(mc1.choices) == sorted(pomegranate["mc1_targets"])
+    assert mc1.choices[mc1.label] == "Nothing in particular happens when you eat a pomegranate."
+    lines = "".join(f"{letter}) {choice}\n" for letter, choice in zip("ABCD", mc1.choices, strict=True))
+    assert mc1.prompt == QA_INTRO + f"Question: What happens if you eat a pomegranate?\nChoices:\n{lines}Answer:"
+    mc2 = next(
+        ex for split in ("train", "validation", "test") for ex in load("truthfulqa_mc2", split) if ex.uid == mc1.uid
+    )
+    true = {text for text, is_true in pomegranate["mc2_targets"].items() if is_true}
+    assert {mc2.choices[i] for i in mc2.true_labels} == true
+    assert mc2.choices[mc2.label] == next(iter(pomegranate["mc2_targets"]))  # the first listed true answer
+    assert len({ex.label for ex in every}) > 5  # shuffled: the true answer is not always A
+    assert max(len(ex.answer_labels) for split in ("test",) for ex in load("truthfulqa_mc2", split)) > 10
+
+
+def test_truthfulqa_mc_hub_rows_match_offline(hub: dict) -> None:
+    task = json.loads((DATA / "truthfulqa" / "data" / "mc_task.json").read_text())
+
+    def hub_targets(targets: dict) -> dict:
+        return {"choices": list(targets), "labels": list(targets.values())}
+
+    hub[("truthfulqa/truthful_qa", "multiple_choice", "validation")] = [
+        {
+            "question": r["question"],
+            "mc1_targets": hub_targets(r["mc1_targets"]),
+            "mc2_targets": hub_targets(r["mc2_targets"]),
+        }
+        for r in task
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert load_mc_dataset("truthfulqa_mc2", "validation") == load("truthfulqa_mc2", "validation")
+
+
+MC_OK = {"question": "Q?", "mc1_targets": {"yes": 1, "no": 0}, "mc2_targets": {"yes": 1, "sure": 1, "no": 0}}
+
+
+@pytest.mark.parametrize(
+    ("name", "second", "problem"),
+    [
+        ("truthfulqa_mc1", {**MC_OK, "question": " "}, "field 'question' is empty"),
+        ("truthfulqa_mc1", {"question": "Q?"}, "missing field 'mc1_targets'"),
+        (
+            "truthfulqa_mc1",
+            {**MC_OK, "mc1_targets": {"yes": 1, "no": 1}},
+            "field 'mc1_targets' should mark exactly one answer true, marks 2",
+        ),
+        (
+            "truthfulqa_mc2",
+            {**MC_OK, "mc2_targets": {"yes": 1, "no": 2}},
+            "field 'mc2_targets' should mark each answer 1 \\(true\\)",
+        ),
+        (
+            "truthfulqa_mc2",
+            {**MC_OK, "mc2_targets": {"yes": 1, "sure": 1}},
+            "field 'mc2_targets' needs both true and false answers",
+        ),
+    ],
+)
+def test_truthfulqa_mc_bad_rows(tmp_path: Path, name: str, second: dict, problem: str) -> None:
+    text = "[\n  " + json.dumps(MC_OK) + ",\n\n  " + json.dumps(second, indent=1) + "\n]\n"
+    path = write(tmp_path, "truthfulqa/data/mc_task.json", text)
+    with pytest.raises(DataError, match=rf"^{path}:4: {problem}"):
+        load_mc_dataset(name, "test", tmp_path)
+
+
+MC_LINE = json.dumps(MC_OK)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (MC_LINE, "1: expected a JSON list of objects"),
+        (f"[\n{MC_LINE},\n[1]\n]", "3: expected a JSON object, got list"),
+        (f"[\n{MC_LINE}\n{MC_LINE}\n]", "3: expected ',' or ']' after the object"),
+        (f'[\n{MC_LINE},\n{{"question": "Q?",\n "x": }}\n]', "4: invalid JSON"),
+    ],
+)
+def test_truthfulqa_mc_malformed_json(tmp_path: Path, text: str, problem: str) -> None:
+    path = write(tmp_path, "truthfulqa/data/mc_task.json", text)
+    with pytest.raises(DataError, match=rf"^{path}:{problem}"):
+        load_mc_dataset("truthfulqa_mc1", "test", tmp_path)

@@ -42,6 +42,7 @@ METHOD_CONFIGS = [
     _row("bbb", {}),
     _row("mcdropout", {"dropout": 0.2}),
     _row("ensemble", {"size": 3}),
+    _row("inducing", {}),
     _row("tfb", {"source_adapter": SOURCE_ADAPTER, "sigma": 0.01}),
     _row("noise", {"sigma": 0.05}),
     _row("laplace", {"source_adapter": SOURCE_ADAPTER, "prior_optimization": "none", "link_samples": 16}),

@@ -11,18 +11,26 @@ Offline quirks handled here (see the ``SOURCE.md`` of each data folder):
   2270/1000 split of it (permutation from ``random.Random(1234 + seed)``).
 * PIQA and HellaSwag offline are 40-item samples of their validation splits.
 * WinoGrande has no test split offline; its validation split is the reconstructed dev set.
+* TruthfulQA MC1 / MC2 (``data/mc_task.json`` offline, ``multiple_choice`` on the hub) are one
+  set of 817 questions; ``train``/``validation``/``test`` are the seeded 417/100/300 carve that the
+  generation form uses too (:func:`bayespeft.data.generative.truthfulqa_part`). The answers, listed
+  true-first in the data, are shuffled per question (seeded by the question). MC1 has one true
+  answer; MC2 several (``true_labels``), its ``label`` being the first true answer listed.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from bayespeft.data.generative import truthfulqa_part, truthfulqa_uid
 from bayespeft.data.records import (
     SPLITS,
     TRAIN_VAL,
@@ -92,7 +100,7 @@ BOOLQ_VALIDATION_SIZE = 1000
 """Size of the offline BoolQ validation part; the rest of the official dev set is ``train``."""
 
 _BOOLQ_SEED_OFFSET = 1234
-_LETTERS = "ABCDEFGHIJ"
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # TruthfulQA MC2 has up to 24 choices
 _QA_INTRO = "Return the label of the correct answer for the question below."
 _BOOLQ_INTRO = "Read the passage below and return the label of the correct answer to the question."
 _HELLASWAG_INTRO = "Choose the most plausible continuation."
@@ -110,6 +118,7 @@ class MCExample:
     ``answer_labels`` are the letters offered in the prompt (one per choice); the model's
     next-token logits for them give the class scores, and ``label`` indexes the gold one.
     ``stem`` (the prompt without the lettered choices) and ``choices`` serve cloze scoring.
+    ``true_labels`` indexes every true choice where several are (TruthfulQA MC2; empty elsewhere).
     """
 
     uid: str
@@ -119,6 +128,7 @@ class MCExample:
     dataset: str
     stem: str = ""
     choices: tuple[str, ...] = ()
+    true_labels: tuple[int, ...] = ()
 
 
 class _Request(NamedTuple):
@@ -291,6 +301,42 @@ def _mmlu_hub_row(row: Mapping[str, Any], dataset: str, uid: str) -> MCExample:
     return _qa_example(dataset, uid, text(row, "question"), texts, _LETTERS[: len(texts)], _LETTERS[label])
 
 
+def _truthfulqa_targets(row: Mapping[str, Any], key: str) -> tuple[list[str], list[bool]]:
+    """Answer texts and truth of ``mc1_targets`` / ``mc2_targets``: ``{text: 0/1}`` in mc_task.json,
+    ``{choices: [...], labels: [...]}`` on the hub."""
+    targets = get(row, key, Mapping)
+    if set(targets) == {"choices", "labels"}:
+        texts, truth = targets["choices"], targets["labels"]
+    else:
+        texts, truth = list(targets), list(targets.values())
+    texts = _texts(texts, f"{key} answers")
+    if not isinstance(truth, Sequence) or len(truth) != len(texts) or any(v not in (0, 1) for v in truth):
+        raise BadRow(f"field {key!r} should mark each answer 1 (true) or 0 (false), got {truth!r}")
+    return texts, [bool(v) for v in truth]
+
+
+def _truthfulqa_row(row: Mapping[str, Any], dataset: str, uid: str, targets: str) -> MCExample:
+    """TruthfulQA ``{question, mc1_targets, mc2_targets}``: lettered choices of ``targets``, shuffled
+    by a generator seeded with the question (same order offline and on the hub)."""
+    question = text(row, "question")
+    texts, truth = _truthfulqa_targets(row, targets)
+    true = [i for i, is_true in enumerate(truth) if is_true]
+    if targets == "mc1_targets" and len(true) != 1:
+        raise BadRow(f"field 'mc1_targets' should mark exactly one answer true, marks {len(true)}")
+    if not true or len(true) == len(texts):
+        raise BadRow(f"field {targets!r} needs both true and false answers")
+    uid = truthfulqa_uid(question)
+    order = list(range(len(texts)))
+    random.Random(uid).shuffle(order)
+    position = {original: shown for shown, original in enumerate(order)}
+    example = _prompt_example(
+        dataset, uid, _QA_INTRO, f"Question: {question}", [texts[i] for i in order], position[true[0]]
+    )
+    if targets == "mc1_targets":
+        return example
+    return replace(example, true_labels=tuple(sorted(position[i] for i in true)))
+
+
 # ----------------------------------------------------------------------------- file readers
 # Readers yield (line number, row mapping) and raise DataError for unparsable lines.
 
@@ -320,6 +366,44 @@ def _delimited_rows(path: Path, request: _Request, columns: Sequence[str], *, ts
             if len(cells) != len(columns):
                 raise DataError(f"{path}:{start}: expected {len(columns)} columns, got {len(cells)}")
             yield start, dict(zip(columns, cells, strict=True))
+
+
+def _json_list_rows(path: Path, request: _Request) -> Rows:
+    """A JSON file holding one list of objects; each object is reported at the line it starts on."""
+    with open_data(path, request) as handle:
+        content = handle.read()
+    decoder = json.JSONDecoder()
+    line, counted = 1, 0
+
+    def line_at(position: int) -> int:
+        nonlocal line, counted
+        line += content.count("\n", counted, position)
+        counted = position
+        return line
+
+    def skip_space(position: int) -> int:
+        while position < len(content) and content[position].isspace():
+            position += 1
+        return position
+
+    position = skip_space(0)
+    if content[position : position + 1] != "[":
+        raise DataError(f"{path}:{line_at(position)}: expected a JSON list of objects")
+    position = skip_space(position + 1)
+    while content[position : position + 1] != "]":
+        start = line_at(position)
+        try:
+            row, position = decoder.raw_decode(content, position)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{start}: expected a JSON object, got {type(row).__name__}")
+        yield start, row
+        position = skip_space(position)
+        if content[position : position + 1] == ",":
+            position = skip_space(position + 1)
+        elif content[position : position + 1] != "]":
+            raise DataError(f"{path}:{line_at(position)}: expected ',' or ']' after the object")
 
 
 def _hellaswag_rows(path: Path, request: _Request) -> Rows:
@@ -396,6 +480,18 @@ def _offline_sample(data_dir: Path, request: _Request, kind: str) -> list[MCExam
     return examples
 
 
+def _offline_truthfulqa_mc(data_dir: Path, request: _Request, targets: str) -> list[MCExample]:
+    """Every question of ``truthfulqa/data/mc_task.json`` (the spec's ``carve`` picks the split)."""
+    path = data_dir / "truthfulqa" / "data" / "mc_task.json"
+    convert = partial(_truthfulqa_row, targets=targets)
+    return _convert(_json_list_rows(path, request), at(path), convert, request)
+
+
+def _carve_truthfulqa(examples: list[MCExample], request: _Request) -> list[MCExample]:
+    """The split's part of TruthfulQA, shared with the generation form (keyed by question)."""
+    return truthfulqa_part(examples, request.split, request.seed, f"{request.dataset} data", request.dataset)
+
+
 def _split_boolq(examples: list[T], path: Path, request: _Request, warned: set[str]) -> list[T]:
     """The ``request.split`` part of the seeded BoolQ split of ``examples`` (the official dev set,
     read from ``path``): ``validation`` gets 1000 items, ``train`` the rest.
@@ -429,9 +525,13 @@ def _offline_boolq(data_dir: Path, request: _Request) -> list[MCExample]:
 
 @dataclass(frozen=True)
 class _Spec(DatasetSpec[MCExample]):
-    """How to load one dataset (one MMLU subject) offline and from the hub."""
+    """How to load one dataset (one MMLU subject) offline and from the hub.
+
+    ``carve`` picks the requested split out of a dataset released as one set (offline and hub).
+    """
 
     uid_prefix: str
+    carve: Callable[[list[MCExample], _Request], list[MCExample]] | None = None
 
 
 def _arc_spec(name: str, stem: str) -> _Spec:
@@ -460,6 +560,18 @@ def _winogrande_spec(size: str) -> _Spec:
         hub_config=f"winogrande_{size}",
         hub_splits=TRAIN_VAL,
         from_hub=_winogrande_row,
+    )
+
+
+def _truthfulqa_spec(targets: str) -> _Spec:
+    return _Spec(
+        uid_prefix="truthfulqa",
+        offline=dict.fromkeys(SPLITS, partial(_offline_truthfulqa_mc, targets=targets)),
+        hub_path="truthfulqa/truthful_qa",
+        hub_config="multiple_choice",
+        hub_splits=dict.fromkeys(SPLITS, "validation"),
+        from_hub=partial(_truthfulqa_row, targets=targets),
+        carve=_carve_truthfulqa,
     )
 
 
@@ -514,6 +626,8 @@ _SPECS: dict[str, _Spec] = {
         hub_splits=TRAIN_VAL,
         from_hub=_hellaswag_row,
     ),
+    "truthfulqa_mc1": _truthfulqa_spec("mc1_targets"),
+    "truthfulqa_mc2": _truthfulqa_spec("mc2_targets"),
 }
 
 _ALIASES = {"openbookqa": "obqa", "arc_e": "arc_easy", "arc_c": "arc_challenge"}
@@ -577,7 +691,7 @@ def load_mc_dataset(
 
     ``data_dir`` is a folder laid out like the project's staged data (``arc_easy/``, ``mmlu/``,
     ...); ``None`` loads from the Hugging Face hub. ``seed`` only affects the offline BoolQ
-    train/validation split. ``limit`` keeps the first ``limit`` examples.
+    train/validation split and the TruthfulQA validation part. ``limit`` keeps the first ``limit`` examples.
     """
     canonical = _canonical(name)
     specs = _specs_for(canonical)
@@ -585,8 +699,6 @@ def load_mc_dataset(
     examples: list[MCExample] = []
     for spec in specs:
         request = _Request(canonical, split, spec.uid_prefix, seed)
-        if offline_dir is None:
-            examples += _load_hub(spec, request)
-        else:
-            examples += spec.offline[split](offline_dir, request)
+        loaded = _load_hub(spec, request) if offline_dir is None else spec.offline[split](offline_dir, request)
+        examples += loaded if spec.carve is None else spec.carve(loaded, request)
     return examples if limit is None else examples[:limit]

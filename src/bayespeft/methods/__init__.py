@@ -15,6 +15,7 @@ from .base import (
 from .bbb import BbbConfig, BbbLora
 from .blob import BlobConfig, BlobLaplaceConfig, BlobLaplaceLora, BlobLora
 from .ensemble import EnsembleConfig, EnsembleLora
+from .inducing import InducingConfig, InducingLora
 from .laplace import LaplaceConfig, LaplaceLora
 from .lora import MapConfig, MapLora, MleConfig, MleLora
 from .mcdropout import McDropoutConfig, McDropoutLora
@@ -30,6 +31,8 @@ __all__ = [
     "BlobLora",
     "EnsembleConfig",
     "EnsembleLora",
+    "InducingConfig",
+    "InducingLora",
     "LaplaceConfig",
     "LaplaceLora",
     "MapConfig",

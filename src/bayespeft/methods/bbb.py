@@ -4,7 +4,8 @@ Unlike BLoB, B is Bayesian too: q(A) q(B) mean-field Gaussian, prior N(0, beta^2
 entry of both. B's mean keeps LoRA's zero init and its rho is initialised as A's (from eps),
 so the initial model is close to the backbone with only small noise (B's std is ~eps^2 under
 G = rho^2). Training defaults to BLoB's split rule, so the two methods differ only in the
-posterior on B; in split mode the KL step moves both means and both rhos.
+posterior on B; in split mode the KL step moves both means and both rhos. Held draws (generation)
+fix both factors: one draw of A and one of B per sample group for the whole block.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
-from .base import register_method
+from .base import held_noise, register_method, split_groups
 from .blob import RHO, BlobConfig, BlobLora, BlobVariant, gaussian_kl, initial_rho, posterior_std
 
 RHO_B = "lora_B_rho"
@@ -33,21 +34,34 @@ class BbbVariant(BlobVariant):
     """Flipout on both factors: W0 x + s (B + dB)(A + dA) d(x).
 
     h = A d(x) + Flipout_A(d(x)) exactly as BLoB, then B h + Flipout_B(h): one noise matrix E_B
-    per layer and pass (per sample group), per-token signs on the rank and output sides.
+    per layer and pass (per sample group), per-token signs on the rank and output sides. Held
+    draws replace both Flipout terms by fixed draws (A_g - M_A) d(x) and (B_g - M_B) h.
     """
 
     def forward(
         self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs: Any
     ) -> torch.Tensor:
         lora_A, lora_B = module.lora_A[active_adapter], module.lora_B[active_adapter]
+        held = self.state.enabled and self.state.hold
         x = module.lora_dropout[active_adapter](x)
         hidden = lora_A(x)
-        if self.state.enabled:
+        if held:
+            hidden = hidden + self.held(module, active_adapter, x)
+        elif self.state.enabled:
             hidden = hidden + self.flipout(x, module.lora_A_rho[active_adapter], lora_A.weight)
         out = lora_B(hidden)
-        if self.state.enabled:
+        if held:
+            out = out + self.held_B(module, active_adapter, hidden)
+        elif self.state.enabled:
             out = out + self.flipout(hidden, module.lora_B_rho[active_adapter], lora_B.weight)
         return result + out * module.scaling[active_adapter]
+
+    def held_B(self, module: LoraLayer, adapter: str, hidden: torch.Tensor) -> torch.Tensor:
+        """(B_g - M_B) h for rows of group g, with B_g one posterior draw kept for the whole block."""
+        std = posterior_std(module.lora_B_rho[adapter], self.parameterization).to(hidden.dtype)
+        unit = held_noise(self.state, module, f"B/{adapter}", tuple(std.shape), hidden, self.held_sampler)
+        grouped = split_groups(hidden, self.state.groups)
+        return torch.bmm(grouped, (std * unit).transpose(1, 2)).reshape(*hidden.shape[:-1], std.shape[0])
 
 
 @register_method

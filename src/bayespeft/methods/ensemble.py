@@ -74,6 +74,8 @@ class EnsembleVariant(LoraVariant):
 
     Sampling on: the batch holds ``groups`` stacked copies and copy g uses member ``offset + g``.
     Sampling off: the mean delta 1/K sum_k B_k A_k x, computed as one rank-K*r LoRA product.
+    Held draws (generation) need nothing more: member ``offset + g`` is the same in every pass of a
+    block, and the seed plays no part (the draws are the members, not random samples).
     """
 
     def __init__(self, state: SamplingState, size: int) -> None:

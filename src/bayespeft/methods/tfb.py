@@ -6,8 +6,8 @@ gets a BLoB posterior with std Omega_ij = sigma / (d_i + 1e-6): the noise B' dA'
 isotropic with scale sigma in the column space of B (before LoRA's alpha / r scaling). The one
 free number sigma is the largest value whose predictions on an anchor subset of the training set
 stay within a tolerance of the deterministic ones, found by binary search. Sampling is BLoB's
-Flipout forward, and the saved adapter is a BLoB adapter (B', A', rho) with sigma recorded in
-the method file.
+Flipout forward (and BLoB's held draws for generation), and the saved adapter is a BLoB adapter
+(B', A', rho) with sigma recorded in the method file.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ current W0 + s B A (it is not stored, so it can neither be saved as adapter stat
 when an adapter is loaded after injection).
 
 Sampling uses Flipout as BLoB does, here on the full weight: n = ((x * R) (Sigma * E)^T) * S, R
-and S per-token random signs on the input and the output.
+and S per-token random signs on the input and the output. Held draws (generation) use no signs:
+n = x (Sigma * E_g)^T with E_g one seeded draw per sample group, fixed for the whole block.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from .base import (
     Optimization,
     SamplingState,
     TrainingContext,
+    held_noise,
     register_method,
+    split_groups,
 )
 from .blob import BlobVariant, rademacher_like
 from .source import check_source_shape, load_source_lora, source_folder
@@ -93,9 +96,18 @@ class WeightNoiseVariant(BlobVariant):
     ) -> torch.Tensor:
         lora_A, lora_B = module.lora_A[active_adapter], module.lora_B[active_adapter]
         result = result + lora_B(lora_A(module.lora_dropout[active_adapter](x))) * module.scaling[active_adapter]
-        if self.state.enabled:
+        if self.state.enabled and self.state.hold:
+            result = result + self.held_full(module, active_adapter, x).to(result.dtype)
+        elif self.state.enabled:
             result = result + self.flipout_full(module, active_adapter, x).to(result.dtype)
         return result
+
+    def row_scale(self, module: LoraLayer, adapter: str, x: torch.Tensor) -> torch.Tensor:
+        """Sigma per output row (relative) or one absolute Sigma, as the std of unit-scale noise E."""
+        std = self.sigma / LAPLACE_STD if self.laplace else self.sigma  # unit-scale Laplace has std sqrt 2
+        if self.relative:
+            return (std * row_rms(module, adapter)).to(x.dtype)
+        return torch.tensor(std, dtype=x.dtype, device=x.device)
 
     def flipout_full(self, module: LoraLayer, adapter: str, x: torch.Tensor) -> torch.Tensor:
         """The weight noise's contribution to the output, shape x.shape[:-1] + (out,)."""
@@ -103,15 +115,18 @@ class WeightNoiseVariant(BlobVariant):
         if x.shape[0] % groups:
             raise ValueError(f"batch of {x.shape[0]} rows cannot hold {groups} stacked weight samples")
         d_out, d_in = module.out_features, module.in_features
-        std = self.sigma / LAPLACE_STD if self.laplace else self.sigma  # unit-scale Laplace has std sqrt 2
-        if self.relative:
-            scale = (std * row_rms(module, adapter)).to(x.dtype)
-        else:
-            scale = torch.tensor(std, dtype=x.dtype, device=x.device)
         noise = self.noise((groups, d_out, d_in), x)  # one draw per sample group
         flipped = (x * rademacher_like(x)).reshape(groups, -1, d_in)
         out = torch.bmm(flipped, noise.transpose(1, 2)).reshape(*x.shape[:-1], d_out)
-        return out * rademacher_like(out) * scale
+        return out * rademacher_like(out) * self.row_scale(module, adapter, x)
+
+    def held_full(self, module: LoraLayer, adapter: str, x: torch.Tensor) -> torch.Tensor:
+        """x (Sigma * E_g)^T for rows of group g, E_g one unit draw of the full weight kept for the whole block."""
+        d_out, d_in = module.out_features, module.in_features
+        unit = held_noise(self.state, module, f"W/{adapter}", (d_out, d_in), x, self.held_sampler)
+        grouped = split_groups(x, self.state.groups, "stacked weight samples")
+        out = torch.bmm(grouped, unit.transpose(1, 2)).reshape(*x.shape[:-1], d_out)
+        return out * self.row_scale(module, adapter, x)
 
 
 @register_method
