@@ -16,6 +16,8 @@ from typing import Any
 from .compare import add_compare_parser, run_compare
 from .errors import BayesPeftError, ConfigError
 from .report import add_report_parser, run_report
+from .sample_command import add_sample_parser, run_sample, run_sample_store
+from .score_command import add_score_parser, run_score
 from .sweep import add_sweep_parser, run_sweep
 from .tune import add_tune_parser, run_tune
 
@@ -153,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_parser(sub)
     add_compare_parser(sub)
     add_tune_parser(sub)
+    add_sample_parser(sub)
+    add_score_parser(sub)
     return parser
 
 
@@ -180,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             "sweep": run_sweep,
             "compare": run_compare,
             "tune": run_tune,
+            "sample": run_sample,
+            "sample-store": run_sample_store,
+            "score": run_score,
         }
         return commands[args.command](args)
     except BayesPeftError as exc:
