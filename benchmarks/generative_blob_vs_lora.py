@@ -41,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--summary-steps", type=int, help="DialogSum training steps (default: --steps)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--seed", type=int, default=1)
@@ -79,9 +80,10 @@ def train(args: argparse.Namespace, dataset: str, method: str) -> Path:
     for store in work.glob(f"stores/{dataset}_{method}_*.sqlite*"):
         store.unlink()
     command = ["train", "-q", "-o", str(run_dir), "--overwrite", "--model", args.model, "--method", method]
-    command += ["--dataset", dataset, "--data-dir", args.data_dir, "--max-steps", str(args.steps)]
+    steps = args.summary_steps if dataset == "dialogsum" and args.summary_steps is not None else args.steps
+    command += ["--dataset", dataset, "--data-dir", args.data_dir, "--max-steps", str(steps)]
     command += ["--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed)]
-    command += ["--max-seq-len", str(args.max_seq_len), "--checkpoint-every", str(max(args.steps, 1))]
+    command += ["--max-seq-len", str(args.max_seq_len), "--checkpoint-every", str(max(steps, 1))]
     command += ["--max-eval-examples", str(args.train_eval_examples), *args.extra]
     if args.train_examples:
         command += ["--max-train-examples", str(args.train_examples)]
