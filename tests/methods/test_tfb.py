@@ -14,7 +14,7 @@ from bayespeft.config import LoraSettings, TrainConfig, load_config
 from bayespeft.errors import ConfigError, RunDirError
 from bayespeft.methods import TrainingContext, build_method
 from bayespeft.methods.blob import posterior_std
-from bayespeft.methods.tfb import TfbConfig, TfbLora, search_sigma
+from bayespeft.methods.tfb import TfbConfig, TfbLora, reparameterize, search_sigma
 from bayespeft.training import Trainer
 
 D_IN, D_OUT, RANK, ALPHA = 16, 12, 4, 8.0
@@ -62,6 +62,20 @@ def test_source_weights_are_loaded_and_svd_keeps_the_product(tmp_path):
     d = torch.linalg.svdvals(B)
     gram = new_B.T @ new_B  # orthogonal columns scaled by the singular values: diag(d^2)
     torch.testing.assert_close(gram, torch.diag(d.square()), atol=1e-5, rtol=1e-5)
+
+
+def test_layers_with_fewer_outputs_than_the_rank_keep_the_product():
+    """A 2-class head with r = 4: full SVD, B' = [U diag(d), 0]; noise on the zero columns never reaches the output."""
+    gen = torch.Generator().manual_seed(3)
+    A, B = torch.randn(RANK, D_IN, generator=gen), torch.randn(2, RANK, generator=gen)
+    new_A, new_B = reparameterize(A, B)
+    assert new_A.shape == A.shape and new_B.shape == B.shape
+    torch.testing.assert_close(new_B @ new_A, B @ A, atol=1e-5, rtol=1e-5)
+    assert torch.equal(new_B[:, 2:], torch.zeros(2, RANK - 2))
+    torch.testing.assert_close(new_B[:, :2].T @ new_B[:, :2], torch.diag(torch.linalg.svdvals(B).square()))
+    noise = torch.zeros_like(new_A)
+    noise[2:] = torch.randn(RANK - 2, D_IN, generator=gen) * 1e4
+    torch.testing.assert_close(new_B @ (new_A + noise), B @ A, atol=1e-4, rtol=1e-5)
 
 
 def test_rho_encodes_omega_per_row(tmp_path):

@@ -109,12 +109,20 @@ def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
 
 
 def reparameterize(lora_A: torch.Tensor, lora_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A', B') = (V^T A, U diag(d)) from the thin SVD B = U diag(d) V^T, in fp32."""
-    rank = lora_A.shape[0]
-    if lora_B.shape[0] < rank:
-        raise ValueError(f"TFB needs LoRA output size >= r (got {lora_B.shape[0]} < {rank})")
-    u, d, vh = torch.linalg.svd(lora_B.float(), full_matrices=False)
-    return vh @ lora_A.float(), u * d
+    """(A', B') = (V^T A, U diag(d)) from the SVD B = U diag(d) V^T, in fp32, so that B'A' = BA.
+
+    A layer with fewer outputs than the rank (e.g. a 2-class head with r = 8) has a square r x r
+    V^T (full SVD) and B' = [U diag(d), 0]: the rows of A' that meet B's zero columns carry noise that
+    never reaches the output.
+    """
+    out_features, rank = lora_B.shape
+    if out_features >= rank:
+        u, d, vh = torch.linalg.svd(lora_B.float(), full_matrices=False)
+        return vh @ lora_A.float(), u * d
+    u, d, vh = torch.linalg.svd(lora_B.float(), full_matrices=True)  # u [out, out], vh [r, r]
+    new_B = torch.zeros(out_features, rank, dtype=torch.float32, device=lora_B.device)
+    new_B[:, :out_features] = u * d
+    return vh @ lora_A.float(), new_B
 
 
 def row_std(lora_B: torch.Tensor, sigma: float, d_in: int) -> torch.Tensor:
