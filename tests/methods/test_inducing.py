@@ -265,6 +265,13 @@ def test_sizes_equal_to_the_layer_are_accepted():
     assert getattr(layer, FACTOR_B)["default"].inducing_shape == (4, 4)
 
 
+def test_default_width_fits_a_head_narrower_than_the_rank():
+    """A 2-class classification head with r = 8: the default width shrinks to 2 instead of failing."""
+    _, _, layer = linear_layer("inducing", d_in=16, d_out=2, r=8)
+    assert getattr(layer, FACTOR_B)["default"].inducing_shape == (2, 8)  # B is d_out x r
+    assert getattr(layer, FACTOR_A)["default"].inducing_shape == (8, 2)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [

@@ -86,7 +86,7 @@ class InducingConfig(MethodConfig):
 
     name = "inducing"
     inducing_rank: int | None = None  # inducing size along each factor's rank side (<= r); None: r
-    inducing_width: int | None = None  # along the d_in side of A and the d_out side of B (<= both); None: r
+    inducing_width: int | None = None  # along the d_in side of A and the d_out side of B (<= both); None: min(r, both)
     posterior: str = InducingPosterior.DIAGONAL.value
     prior_std: float = 1.0  # sigma * sqrt(C): each factor entry has prior std prior_std / sqrt(fan-in)
     init_std: float = 0.01  # initial std of q(V) in whitened units (the prior's is 1)
@@ -404,7 +404,8 @@ class InducingLora(BlobLora):
         """(m_k, m_w) for one layer; ConfigError when U would be larger than the factor it summarises."""
         cfg = self.config
         m_k = rank if cfg.inducing_rank is None else cfg.inducing_rank
-        m_w = rank if cfg.inducing_width is None else cfg.inducing_width
+        # the default fits every layer (a 2-class head has 2 output features); an explicit width must fit
+        m_w = min(rank, d_in, d_out) if cfg.inducing_width is None else cfg.inducing_width
         if m_k > rank:
             raise ConfigError(f"method.inducing_rank: {m_k} exceeds the LoRA rank {rank} of layer {layer}")
         for features, side in ((d_in, "input"), (d_out, "output")):
