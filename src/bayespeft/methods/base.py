@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
+from peft.tuners.lora.layer import LoraVariant
 from torch import nn
 
 from ..checkpoint import load_tensors, read_json, save_tensors_atomic, write_json_atomic
@@ -77,6 +78,31 @@ def held_noise(
     noise = torch.stack(draws).to(device=like.device, dtype=like.dtype)
     cache[tag] = ((state.block, state.groups, state.offset), noise)
     return noise
+
+
+class MeanMergeVariant(LoraVariant):
+    """A peft LoRA variant whose merge folds in the posterior-mean delta; the method adds its state in after_inject."""
+
+    @staticmethod
+    def init(module: LoraLayer, adapter_name: str, **kwargs: Any) -> None:
+        """Nothing to do at peft's init: the method's tensors are added by its ``after_inject``."""
+
+    @staticmethod
+    def mean_delta(module: LoraLayer, adapter: str) -> torch.Tensor:
+        """The delta weight of the posterior mean (plain LoRA's s B A unless a method stores its factors elsewhere)."""
+        return module.get_delta_weight(adapter)
+
+    @classmethod
+    def merge_safe(cls, module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+        return orig_weight + cls.mean_delta(module, active_adapter).to(orig_weight.dtype)
+
+    @classmethod
+    def merge_unsafe(cls, module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> None:
+        orig_weight.data += cls.mean_delta(module, active_adapter).to(orig_weight.dtype)
+
+    @classmethod
+    def unmerge(cls, module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+        return orig_weight - cls.mean_delta(module, active_adapter).to(orig_weight.dtype)
 
 
 def split_groups(x: torch.Tensor, groups: int, what: str = "posterior samples") -> torch.Tensor:
@@ -399,6 +425,7 @@ __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
     "METHOD_FILE",
+    "MeanMergeVariant",
     "Method",
     "Optimization",
     "SamplingState",

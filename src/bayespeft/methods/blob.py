@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from peft.tuners.lora.layer import LoraLayer, LoraVariant
+from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
 from ..config import MethodConfig, TrainConfig, _require
 from ..enums import BlobOptimization, KLPeriod, KLSchedule, StdParameterization
 from .base import (
+    MeanMergeVariant,
     Method,
     Optimization,
     SamplingState,
@@ -125,7 +126,7 @@ def rademacher_like(x: torch.Tensor, shape: torch.Size | tuple[int, ...] | None 
     return torch.randint(0, 2, shape, device=x.device, dtype=torch.int8).to(x.dtype).mul_(2).sub_(1)
 
 
-class BlobVariant(LoraVariant):
+class BlobVariant(MeanMergeVariant):
     """Flipout sampling of A on one LoRA linear layer (peft LoRA variant).
 
     Output: W0 x + s * B (A d(x) + n), with n = ((d(x) * R) (G * E)^T) * S, E one noise draw per
@@ -136,22 +137,6 @@ class BlobVariant(LoraVariant):
         self.state = state
         self.parameterization = parameterization
         self.laplace = laplace
-
-    @staticmethod
-    def init(module: LoraLayer, adapter_name: str, **kwargs: Any) -> None:
-        """Nothing to do at peft's init: rho is added by :meth:`BlobLora.after_inject`."""
-
-    @staticmethod
-    def merge_safe(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
-        return orig_weight + module.get_delta_weight(active_adapter).to(orig_weight.dtype)
-
-    @staticmethod
-    def merge_unsafe(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> None:
-        orig_weight.data += module.get_delta_weight(active_adapter).to(orig_weight.dtype)
-
-    @staticmethod
-    def unmerge(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
-        return orig_weight - module.get_delta_weight(active_adapter).to(orig_weight.dtype)
 
     def noise(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
         """Standard noise E of the posterior family (unit scale)."""

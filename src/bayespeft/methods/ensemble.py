@@ -27,13 +27,13 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from peft.tuners.lora.layer import LoraLayer, LoraVariant
+from peft.tuners.lora.layer import LoraLayer
 from peft.utils.other import transpose
 from torch import nn
 
 from ..config import MethodConfig, _require
 from ..errors import ConfigError
-from .base import Method, SamplingState, _untie_adapted_embeddings, _unwrap, register_method
+from .base import MeanMergeVariant, Method, SamplingState, _untie_adapted_embeddings, _unwrap, register_method
 
 MEMBERS_A = "lora_A_members"  # names contain "lora_" so peft saves and loads them
 MEMBERS_B = "lora_B_members"
@@ -69,7 +69,7 @@ def mean_delta_weight(module: LoraLayer, adapter: str) -> torch.Tensor:
     return transpose(delta, module.fan_in_fan_out)
 
 
-class EnsembleVariant(LoraVariant):
+class EnsembleVariant(MeanMergeVariant):
     """Per-group member selection on one LoRA linear layer (peft LoRA variant).
 
     Sampling on: the batch holds ``groups`` stacked copies and copy g uses member ``offset + g``.
@@ -85,21 +85,7 @@ class EnsembleVariant(LoraVariant):
     def supports_lora_conversion(self) -> bool:
         return False  # member 0 alone is not the adapter
 
-    @staticmethod
-    def init(module: LoraLayer, adapter_name: str, **kwargs: Any) -> None:
-        """Nothing to do at peft's init: the members are added by :meth:`EnsembleLora.after_inject`."""
-
-    @staticmethod
-    def merge_safe(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
-        return orig_weight + mean_delta_weight(module, active_adapter).to(orig_weight.dtype)
-
-    @staticmethod
-    def merge_unsafe(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> None:
-        orig_weight.data += mean_delta_weight(module, active_adapter).to(orig_weight.dtype)
-
-    @staticmethod
-    def unmerge(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
-        return orig_weight - mean_delta_weight(module, active_adapter).to(orig_weight.dtype)
+    mean_delta = staticmethod(mean_delta_weight)
 
     def forward(
         self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs: Any

@@ -52,14 +52,14 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from peft.tuners.lora.layer import LoraLayer, LoraVariant
+from peft.tuners.lora.layer import LoraLayer
 from peft.utils.other import transpose
 from torch import nn
 
 from ..config import MethodConfig, _require
 from ..enums import BlobOptimization, KLPeriod, KLSchedule, StrEnum
 from ..errors import ConfigError
-from .base import SamplingState, _unwrap, held_noise, register_method, split_groups
+from .base import MeanMergeVariant, SamplingState, _unwrap, held_noise, register_method, split_groups
 from .blob import BlobLora
 
 FACTOR_A = "lora_inducing_A"  # names contain "lora_" so that peft saves and loads them
@@ -306,7 +306,7 @@ def mean_delta_weight(module: LoraLayer, adapter: str) -> torch.Tensor:
     return transpose(mean_b @ mean_a * module.scaling[adapter], module.fan_in_fan_out)
 
 
-class InducingVariant(LoraVariant):
+class InducingVariant(MeanMergeVariant):
     """W0 x + s B diag(g) A d(x) with A, B the posterior means or one draw per stacked group (peft variant)."""
 
     def __init__(self, state: SamplingState) -> None:
@@ -315,21 +315,7 @@ class InducingVariant(LoraVariant):
     def supports_lora_conversion(self) -> bool:
         return False  # peft's lora_A / lora_B hold zeros, not the adapter
 
-    @staticmethod
-    def init(module: LoraLayer, adapter_name: str, **kwargs: Any) -> None:
-        """Nothing to do at peft's init: the factors are added by :meth:`InducingLora.after_inject`."""
-
-    @staticmethod
-    def merge_safe(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
-        return orig_weight + mean_delta_weight(module, active_adapter).to(orig_weight.dtype)
-
-    @staticmethod
-    def merge_unsafe(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> None:
-        orig_weight.data += mean_delta_weight(module, active_adapter).to(orig_weight.dtype)
-
-    @staticmethod
-    def unmerge(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
-        return orig_weight - mean_delta_weight(module, active_adapter).to(orig_weight.dtype)
+    mean_delta = staticmethod(mean_delta_weight)
 
     def forward(
         self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs: Any

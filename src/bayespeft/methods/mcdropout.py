@@ -20,11 +20,10 @@ from typing import Any
 import torch
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
-from peft.tuners.lora.layer import LoraVariant
 from torch import nn
 
 from ..config import LoraSettings, MethodConfig, _require
-from .base import Method, SamplingState, held_noise, register_method, split_groups
+from .base import MeanMergeVariant, Method, SamplingState, held_noise, register_method, split_groups
 
 
 @dataclass
@@ -38,7 +37,7 @@ class McDropoutConfig(MethodConfig):
         _require(0 < self.dropout < 1, "method.dropout", f"must be in (0, 1) (got {self.dropout})")
 
 
-class HeldDropoutVariant(LoraVariant):
+class HeldDropoutVariant(MeanMergeVariant):
     """Plain LoRA whose input dropout becomes one fixed mask per sample group in held mode (peft LoRA variant).
 
     Outside held blocks the layer runs peft's own dropout module, exactly as vanilla LoRA; merging
@@ -47,22 +46,6 @@ class HeldDropoutVariant(LoraVariant):
 
     def __init__(self, state: SamplingState) -> None:
         self.state = state
-
-    @staticmethod
-    def init(module: LoraLayer, adapter_name: str, **kwargs: Any) -> None:
-        """Nothing to do at peft's init: the variant is installed by :meth:`McDropoutLora.after_inject`."""
-
-    @staticmethod
-    def merge_safe(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
-        return orig_weight + module.get_delta_weight(active_adapter).to(orig_weight.dtype)
-
-    @staticmethod
-    def merge_unsafe(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> None:
-        orig_weight.data += module.get_delta_weight(active_adapter).to(orig_weight.dtype)
-
-    @staticmethod
-    def unmerge(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
-        return orig_weight - module.get_delta_weight(active_adapter).to(orig_weight.dtype)
 
     def forward(
         self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs: Any
