@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .ood import auroc
+from .ood import _as_scores, auroc
 
 __all__ = [
     "BootstrapCI",
@@ -57,18 +57,8 @@ _DTYPE = torch.float64
 
 
 def _uncertainty(values: Tensor | Sequence[float]) -> Tensor:
-    if isinstance(values, Tensor):
-        t = values.detach().to(device="cpu", dtype=_DTYPE)
-    else:
-        try:
-            t = torch.as_tensor(list(values), dtype=_DTYPE)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"uncertainty must be a sequence of numbers: {exc}") from None
-    if t.dim() != 1 or t.numel() == 0:
-        raise ValueError(f"uncertainty must be a non-empty 1-D sequence, got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise ValueError("uncertainty contains NaN or infinite values")
-    return t
+    """Per-example uncertainty as a finite, non-empty 1-D float64 tensor (the checks AUROC's scores get)."""
+    return _as_scores(values, "uncertainty")
 
 
 def _correct(values: Tensor | Sequence[bool], n: int) -> Tensor:
