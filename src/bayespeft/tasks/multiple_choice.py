@@ -72,13 +72,7 @@ class MultipleChoiceTask:
 
     def collate(self, items: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
         """Left-padded batch with labels, per-row choice counts and dataset positions."""
-        width = max(len(it.input_ids) for it in items)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(items), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, it in enumerate(items):
-            input_ids[row, width - len(it.input_ids) :] = torch.tensor(it.input_ids)
-            attention_mask[row, width - len(it.input_ids) :] = 1
+        input_ids, attention_mask = self.left_pad([it.input_ids for it in items])
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -86,6 +80,16 @@ class MultipleChoiceTask:
             "num_choices": torch.tensor([it.num_choices for it in items]),
             "index": torch.tensor([it.index for it in items]),
         }
+
+    def left_pad(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token rows padded on the left (the last position is every row's end): input ids and attention mask."""
+        width = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            input_ids[r, width - len(row) :] = torch.tensor(row)
+            attention_mask[r, width - len(row) :] = 1
+        return input_ids, attention_mask
 
     def class_logits(self, model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 1) -> torch.Tensor:
         """Choice logits [repeats * B, C]; the batch is stacked ``repeats`` times (sample-major)."""
@@ -142,13 +146,7 @@ class ClozeMultipleChoiceTask(MultipleChoiceTask):
 
     def collate(self, items: Sequence[EncodedClozeExample]) -> dict[str, torch.Tensor]:
         """Left-padded rows of every choice of every question (question-major), with their scoring slots."""
-        rows = [row for it in items for row in it.rows]
-        width = max(len(row) for row in rows)
-        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            input_ids[r, width - len(row) :] = torch.tensor(row)
-            attention_mask[r, width - len(row) :] = 1
+        input_ids, attention_mask = self.left_pad([row for it in items for row in it.rows])
         slots = [q * self.num_classes + k for q, it in enumerate(items) for k in range(it.num_choices)]
         return {
             "input_ids": input_ids,
