@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,25 +41,44 @@ def predict(
     The method decides how its draws are made (:meth:`Method.predictive_samples`); N = 0 is the
     posterior mean. Each process takes every P-th batch; results are gathered and re-ordered.
     """
+    rows = []
+    for items, batch in _sharded_batches(model, method, task, list(encoded), config, accelerator, progress):
+        with accelerator.autocast():
+            probs = method.predictive_samples(model, task, batch, config.n_samples, config.samples_per_pass)
+        rows.extend((it.index, probs[i].cpu(), it.label) for i, it in enumerate(items))
+    rows = _gathered_in_order(rows, accelerator)
+    return torch.stack([r[1] for r in rows]), torch.tensor([r[2] for r in rows])
+
+
+def _sharded_batches(
+    model: nn.Module,
+    method: Method,
+    task: Task | GenerativeTask,
+    encoded: list[Any],
+    config: EvalConfig,
+    accelerator: Accelerator,
+    progress: bool,
+) -> Iterator[tuple[list[Any], dict[str, torch.Tensor]]]:
+    """This process's batches (every P-th), each yielded inside its own seeded sampling block.
+
+    The same batches with the same per-batch seed whatever the process count: 1 and P processes
+    draw identical posterior samples and so report identical metrics.
+    """
     model.eval()
     sampling = config.n_samples > 0 and method.stochastic
-    encoded = list(encoded)
     batches = [(i, encoded[i : i + config.batch_size]) for i in range(0, len(encoded), config.batch_size)]
     shard = batches[accelerator.process_index :: accelerator.num_processes]
-    rows: list[tuple[int, torch.Tensor, int]] = []
     bar = tqdm(shard, desc="evaluate", unit="batch", disable=not (progress and accelerator.is_main_process))
     for start, items in bar:
-        # The same batches with the same per-batch seed whatever the process count: 1 and P
-        # processes draw identical posterior samples and so report identical metrics.
         with method.sampling(enabled=sampling, seed=config.seed * 1_000_003 + start):
-            batch = {k: v.to(accelerator.device) for k, v in task.collate(items).items()}
-            with accelerator.autocast():
-                probs = method.predictive_samples(model, task, batch, config.n_samples, config.samples_per_pass)
-            rows.extend((it.index, probs[i].cpu(), it.label) for i, it in enumerate(items))
+            yield items, {k: v.to(accelerator.device) for k, v in task.collate(items).items()}
+
+
+def _gathered_in_order(rows: list[tuple], accelerator: Accelerator) -> list[tuple]:
+    """Every process's rows (dataset index first), in dataset order."""
     if accelerator.num_processes > 1:
-        rows = gather_object(rows)  # every process's rows, concatenated
-    rows.sort(key=lambda r: r[0])
-    return torch.stack([r[1] for r in rows]), torch.tensor([r[2] for r in rows])
+        rows = gather_object(rows)
+    return sorted(rows, key=lambda r: r[0])
 
 
 def evaluate(
@@ -126,29 +145,20 @@ def evaluate_answers(
     """
     if config.temperature is not None:
         raise ConfigError("eval.temperature: a temperature rescales class probabilities; answers have none")
-    model.eval()
     sampling = config.n_samples > 0 and method.stochastic
     num_draws = method.num_draws(config.n_samples)
-    encoded = task.encode(examples)
-    batches = [(i, encoded[i : i + config.batch_size]) for i in range(0, len(encoded), config.batch_size)]
-    shard = batches[accelerator.process_index :: accelerator.num_processes]
-    rows: list[tuple[int, torch.Tensor, int]] = []
-    bar = tqdm(shard, desc="evaluate", unit="batch", disable=not (progress and accelerator.is_main_process))
-    for start, items in bar:
-        with method.sampling(enabled=sampling, seed=config.seed * 1_000_003 + start):
-            batch = {k: v.to(accelerator.device) for k, v in task.collate(items).items()}
-            draws, done = [], 0
-            while done < num_draws:
-                stack = min(num_draws - done, config.samples_per_pass)
-                with method.sampling(enabled=sampling, groups=stack, offset=done), accelerator.autocast():
-                    draws.append(task.sequence_log_likelihoods(model, batch, repeats=stack).view(stack, len(items)))
-                done += stack
-            log_likelihoods = torch.cat(draws).T.double().cpu()
-            lengths = task.answer_lengths(batch).tolist()
-            rows.extend((it.index, log_likelihoods[i], lengths[i]) for i, it in enumerate(items))
-    if accelerator.num_processes > 1:
-        rows = gather_object(rows)
-    rows.sort(key=lambda r: r[0])
+    rows = []
+    for items, batch in _sharded_batches(model, method, task, task.encode(examples), config, accelerator, progress):
+        draws, done = [], 0
+        while done < num_draws:
+            stack = min(num_draws - done, config.samples_per_pass)
+            with method.sampling(enabled=sampling, groups=stack, offset=done), accelerator.autocast():
+                draws.append(task.sequence_log_likelihoods(model, batch, repeats=stack).view(stack, len(items)))
+            done += stack
+        log_likelihoods = torch.cat(draws).T.double().cpu()
+        lengths = task.answer_lengths(batch).tolist()
+        rows.extend((it.index, log_likelihoods[i], lengths[i]) for i, it in enumerate(items))
+    rows = _gathered_in_order(rows, accelerator)
     draw_log_likelihoods = torch.stack([r[1] for r in rows])  # [N, S]
     predictive = torch.logsumexp(draw_log_likelihoods, dim=1) - math.log(num_draws)
     tokens = sum(r[2] for r in rows)
