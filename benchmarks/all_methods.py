@@ -38,7 +38,12 @@ COLUMNS = ("acc", "ece", "nll", "brier", "entropy", "mutual_information")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default=DEFAULT_METHODS)
+    parser.add_argument(
+        "--methods",
+        default=DEFAULT_METHODS,
+        help="comma-separated; LABEL=METHOD runs METHOD under its own name, e.g. blob_uniform=blob "
+        "with --method-extra blob_uniform:method.kl_schedule=uniform",
+    )
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--datasets", default="arc_easy,obqa")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
@@ -56,6 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=300)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--ood-datasets", help="comma-separated shifted datasets (bayespeft ood), e.g. arc_challenge")
+    parser.add_argument("--ood-max-examples", type=int, help="first N examples of each dataset in the OOD evaluation")
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "all_methods"))
     parser.add_argument("--out", required=True)
     parser.add_argument("--extra", nargs="*", default=[], help="dotted overrides for every run")
@@ -67,8 +73,11 @@ def cli(*arguments: str) -> None:
     subprocess.run([sys.executable, "-m", "bayespeft.cli", *arguments], check=True, cwd=ROOT)
 
 
-def train_run(args: argparse.Namespace, dataset: str, method: str, work: Path) -> Path:
-    run_dir = work / method
+def train_run(args: argparse.Namespace, dataset: str, label: str, work: Path) -> Path:
+    """Train (or fit post hoc) one method; ``label`` is its run name, ``LABEL=METHOD`` picks the method."""
+    method = label.split("=", 1)[-1]
+    label = label.split("=", 1)[0]
+    run_dir = work / label
     if (run_dir / "metrics.json").is_file():
         print(f"reusing {run_dir}")
         return run_dir
@@ -88,7 +97,7 @@ def train_run(args: argparse.Namespace, dataset: str, method: str, work: Path) -
         f"eval.n_samples={args.n_samples}",
         "eval.samples_per_pass=1",
         *args.extra,
-        *(item.split(":", 1)[1] for item in args.method_extra if item.split(":", 1)[0] == method),
+        *(item.split(":", 1)[1] for item in args.method_extra if item.split(":", 1)[0] == label),
     ]
     if method in POSTHOC:
         overrides.append(f"method.source_adapter={work / 'mle' / 'adapter'}")
@@ -138,7 +147,8 @@ def temperature_run(args: argparse.Namespace, work: Path) -> Path:
 def ood_rows(args: argparse.Namespace, run_dir: Path, method: str) -> list[dict]:
     summary = run_dir / "eval" / f"ood_summary_n{args.n_samples}" / "summary.json"
     if not summary.is_file():
-        cli("ood", "--run-dir", str(run_dir), "--quiet", "--overwrite", "--datasets", args.ood_datasets)
+        cap = [f"data.max_eval_examples={args.ood_max_examples}"] if args.ood_max_examples else []
+        cli("ood", "--run-dir", str(run_dir), "--quiet", "--overwrite", "--datasets", args.ood_datasets, *cap)
     return [{"method": method, **row} for row in json.loads(summary.read_text())["rows"]]
 
 
@@ -169,8 +179,9 @@ def print_table(dataset: str, rows: list[dict]) -> None:
 def main() -> None:
     args = parse_args()
     methods = args.methods.split(",")
-    needs_mle = [m for m in methods if m in POSTHOC or m == TEMPERATURE]
-    if needs_mle and ("mle" not in methods or methods.index("mle") > methods.index(needs_mle[0])):
+    kinds = [label.split("=", 1)[-1] for label in methods]
+    needs_mle = [m for m in kinds if m in POSTHOC or m == TEMPERATURE]
+    if needs_mle and ("mle" not in kinds or kinds.index("mle") > kinds.index(needs_mle[0])):
         raise SystemExit(f"--methods: {needs_mle[0]} needs mle listed before it")
     results: dict[str, list[dict]] = {}
     ood: list[dict] = []
@@ -180,9 +191,9 @@ def main() -> None:
         for method in methods:
             run_dir = temperature_run(args, work) if method == TEMPERATURE else train_run(args, dataset, method, work)
             payload = json.loads((run_dir / "metrics.json").read_text())
-            rows.append(summarize(method, dataset, payload))
+            rows.append(summarize(run_dir.name, dataset, payload))
             if args.ood_datasets:
-                ood += ood_rows(args, run_dir, method)
+                ood += ood_rows(args, run_dir, run_dir.name)
         results[dataset] = rows
         print_table(dataset, rows)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
