@@ -144,6 +144,56 @@ def test_diag_is_the_exact_ggn_diagonal_with_shared_positions(tmp_path):
     torch.testing.assert_close(got.double(), exact, atol=1e-5, rtol=1e-4)
 
 
+class ChoiceRowsTask:
+    """Cloze-like: several model rows per example (``num_choices``), class logits = the sum of its rows' outputs."""
+
+    num_classes = C
+
+    def class_logits(self, model, batch, repeats=1):
+        owners = torch.repeat_interleave(torch.arange(len(batch["num_choices"])), batch["num_choices"])
+        return torch.zeros(len(batch["num_choices"]), C).index_add(0, owners, model(batch["x"]))
+
+
+def brute_rows_jacobian(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [N, C], J [N, C, P]) of ChoiceRowsTask over the flattened (A, B)."""
+    params = lora_params(model)
+    logits = ChoiceRowsTask().class_logits(model, batch)
+    rows = [
+        torch.cat([g.reshape(-1) for g in torch.autograd.grad(logits[n, c], params, retain_graph=True)])
+        for n in range(logits.shape[0])
+        for c in range(C)
+    ]
+    return logits.detach(), torch.stack(rows).view(logits.shape[0], C, -1).double()
+
+
+def test_rows_of_one_example_are_summed_into_its_jacobian(tmp_path):
+    """Cloze scoring feeds one row per choice: the curvature and the GLM variance must be per example."""
+    method, model = laplace_model(source_adapter(tmp_path / "src"), hessian="diag")
+    batch = {"x": torch.randn(7, D_IN), "num_choices": torch.tensor([3, 1, 3]), "labels": torch.tensor([0, 2, 1])}
+    method.fit_curvature(model, ChoiceRowsTask(), [batch])
+    logits, J = brute_rows_jacobian(model, batch)
+    p = torch.softmax(logits.double(), -1)
+    H = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+    exact = torch.einsum("nci,ncd,ndj->ij", J, H, J)
+    got = torch.cat([method.posterior[f"{A_NAME}.diag"].reshape(-1), method.posterior[f"{B_NAME}.diag"].reshape(-1)])
+    torch.testing.assert_close(got.double(), exact.diagonal(), atol=1e-5, rtol=1e-4)
+    _, f_var = method.glm(model, ChoiceRowsTask(), batch, 1.0)
+    cov = torch.diag(1.0 / (got.double() + 1.0))
+    torch.testing.assert_close(f_var, J @ cov @ J.transpose(1, 2), atol=1e-6, rtol=1e-4)
+
+
+def test_rows_without_owners_are_refused(tmp_path):
+    method, model = laplace_model(source_adapter(tmp_path / "src"))
+    batch = {"x": torch.randn(7, D_IN), "num_choices": torch.tensor([3, 1, 3]), "labels": torch.tensor([0, 2, 1])}
+
+    class NoCounts(ChoiceRowsTask):
+        def class_logits(self, model, batch, repeats=1):
+            return super().class_logits(model, {**batch, "num_choices": torch.tensor([3, 1, 3])})
+
+    with pytest.raises(ConfigError, match="7 model rows for 3 examples"):
+        method.fit_curvature(model, NoCounts(), [{"x": batch["x"], "labels": batch["labels"]}])
+
+
 def test_lowrank_update_keeps_the_top_eigenpairs():
     gen = torch.Generator().manual_seed(0)
     vectors = [torch.randn(12, 5, generator=gen, dtype=torch.float64) for _ in range(4)]
@@ -286,14 +336,17 @@ def run_config(model_dir: Path, data_dir: Path, method: str, steps: int, *extra:
 
 
 @pytest.mark.parametrize(
-    ("hessian", "prior"), [("kron", "marglik"), ("diag", "val_nll")], ids=["kron-marglik", "diag-valnll"]
+    ("hessian", "prior", "scoring"),
+    [("kron", "marglik", "letter"), ("diag", "val_nll", "letter"), ("kron", "marglik", "cloze")],
+    ids=["kron-marglik", "diag-valnll", "kron-marglik-cloze"],
 )
-def test_laplace_run_after_an_mle_run(tmp_path_factory, tiny_llama_dir, shared_data, hessian, prior):
-    mle_run = tmp_path_factory.getbasetemp() / "laplace-mle-source"
+def test_laplace_run_after_an_mle_run(tmp_path_factory, tiny_llama_dir, shared_data, hessian, prior, scoring):
+    mle_run = tmp_path_factory.getbasetemp() / f"laplace-mle-source-{scoring}"
+    scored = f"data.mc_scoring={scoring}"
     if not (mle_run / "metrics.json").is_file():
-        Trainer(run_config(tiny_llama_dir, shared_data, "mle", 4), mle_run, progress=False).run_training()
+        Trainer(run_config(tiny_llama_dir, shared_data, "mle", 4, scored), mle_run, progress=False).run_training()
     lap_run = tmp_path_factory.mktemp("laplace") / "run"
-    extra = [f"method.source_adapter={mle_run / 'adapter'}", f"method.hessian={hessian}"]
+    extra = [f"method.source_adapter={mle_run / 'adapter'}", f"method.hessian={hessian}", scored]
     extra += [f"method.prior_optimization={prior}", "method.val_examples=4", "method.link_samples=200"]
     config = run_config(tiny_llama_dir, shared_data, "laplace", 0, *extra)
     payload = Trainer(config, lap_run, progress=False).run_training()
@@ -305,8 +358,12 @@ def test_laplace_run_after_an_mle_run(tmp_path_factory, tiny_llama_dir, shared_d
     assert record["laplace_hessian"] == hessian and record["prior_precision"] > 0
     assert record["fit_examples"] == (8 if prior == "val_nll" else 12) and record["fit_time_s"] > 0
     assert record["posterior_floats"] > 0
-    if hessian == "kron":  # low-rank factors: far fewer floats than one per LoRA parameter
-        assert record["posterior_floats"] < record["lora_params"] / 2
+    saved = load_tensors(lap_run / "adapter" / POSTERIOR_FILE)
+    if hessian == "kron":  # low-rank factors: at most n_kfac_rank eigenpairs per factor
+        vectors = [t for name, t in saved.items() if name.endswith("_vectors")]
+        assert vectors and all(t.shape[1] <= 10 for t in vectors)
+        if scoring == "letter":  # one position per example: far fewer floats than one per LoRA parameter
+            assert record["posterior_floats"] < record["lora_params"] / 2
     if hessian == "diag":
         assert record["posterior_floats"] == record["lora_params"] + 1
         assert len(record["val_nll_grid"]) == 17
@@ -315,7 +372,6 @@ def test_laplace_run_after_an_mle_run(tmp_path_factory, tiny_llama_dir, shared_d
     for line in lines:
         assert sum(json.loads(line)["probs"]) == pytest.approx(1.0, abs=1e-4)
 
-    saved = load_tensors(lap_run / "adapter" / POSTERIOR_FILE)
     assert float(saved["prior_precision"]) == pytest.approx(record["prior_precision"])
     assert sum(t.numel() for t in saved.values()) == record["posterior_floats"]
     session = build_session(config)

@@ -254,7 +254,7 @@ def jacobian_pass(
     result: dict[str, LayerJacobian] = {}
     for index, name in enumerate(names):
         a = inputs[name].double()
-        a = a.unsqueeze(1) if a.dim() == 2 else a.reshape(a.shape[0], -1, a.shape[-1])
+        a = a.unsqueeze(1) if a.dim() == 2 else a.reshape(a.shape[0], -1, a.shape[-1])  # [R, T, d_in]
         g = torch.stack(
             [
                 torch.zeros(*a.shape[:2], modules[name].out_features, dtype=torch.float64, device=a.device)
@@ -263,14 +263,38 @@ def jacobian_pass(
                 for grads in grads_per_class
             ],
             dim=1,
-        )  # [B, C, T, d_out]
+        )  # [R, C, T, d_out]
         if mask is not None and mask.shape[-1] == a.shape[1] and a.shape[1] > 1:
             weights = mask.to(a.device, torch.float64)
-            mean_a = (a * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)
         else:
-            mean_a = a.mean(1)
-        result[name] = LayerJacobian(mean_a, g.sum(2), torch.einsum("bcto,bti->bcoi", g, a))
+            weights = torch.ones(a.shape[:2], dtype=torch.float64, device=a.device)
+        owners = row_owners(batch, a.shape[0], logits.shape[0]).to(a.device)
+        summed_a = _sum_rows((a * weights.unsqueeze(-1)).sum(1), owners, logits.shape[0])
+        mean_a = summed_a / _sum_rows(weights.sum(1, keepdim=True), owners, logits.shape[0]).clamp_min(1)
+        out_grads = _sum_rows(g.sum(2), owners, logits.shape[0])
+        weight_jac = _sum_rows(torch.einsum("rcto,rti->rcoi", g, a), owners, logits.shape[0])
+        result[name] = LayerJacobian(mean_a, out_grads, weight_jac)
     return logits.detach(), result
+
+
+def row_owners(batch: dict[str, torch.Tensor], rows: int, examples: int) -> torch.Tensor:
+    """The example each model row belongs to: one row per example, or (cloze scoring) one per present choice."""
+    if rows == examples:
+        return torch.arange(rows)
+    counts = batch.get("num_choices")
+    if counts is not None and int(counts.sum()) == rows:
+        return torch.repeat_interleave(torch.arange(examples), counts.cpu())
+    raise ConfigError(
+        f"method.name: laplace saw {rows} model rows for {examples} examples and the batch does not say "
+        "which row belongs to which example"
+    )
+
+
+def _sum_rows(values: torch.Tensor, owners: torch.Tensor, examples: int) -> torch.Tensor:
+    """Sum per-row values [R, ...] into per-example values [examples, ...] (identity for one row each)."""
+    if values.shape[0] == examples:
+        return values
+    return values.new_zeros(examples, *values.shape[1:]).index_add_(0, owners, values)
 
 
 # ---- the method -------------------------------------------------------------------------------------
