@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bayespeft import __version__
-from bayespeft.cli import _overrides, build_parser, main, parse_args
+from bayespeft.cli import build_parser, cli_overrides, main, parse_args
 from bayespeft.config import load_config
 from bayespeft.methods import BlobConfig
 
@@ -253,7 +253,7 @@ def test_evaluate_missing_run_dir(capsys, tmp_path):
 
 
 def parse_config(argv: list[str]):
-    return load_config(None, _overrides(build_parser().parse_args(["train", "-o", "unused", *argv])))
+    return load_config(None, cli_overrides(build_parser().parse_args(["train", "-o", "unused", *argv])))
 
 
 def test_reference_flag_aliases():
@@ -327,7 +327,7 @@ def test_flags_win_over_positional_overrides():
 
 def test_overrides_between_and_after_flags():
     args = parse_args(["train", "method.beta=0.1", "-o", "x", "train.seed=7", "--lora-r", "2", "eval.n_bins=5"])
-    config = load_config(None, _overrides(args))
+    config = load_config(None, cli_overrides(args))
     assert config.method.beta == pytest.approx(0.1)
     assert config.train.seed == 7
     assert config.eval.n_bins == 5

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bayespeft import training
-from bayespeft.cli import _overrides, main, parse_args
+from bayespeft.cli import cli_overrides, main, parse_args
 from bayespeft.config import load_config
 from bayespeft.errors import ConfigError
 from bayespeft.training import Trainer, make_accelerator
@@ -34,7 +34,7 @@ def test_bad_tracking_config_names_the_field(item, message):
 
 def test_report_to_flag_takes_a_comma_separated_list():
     args = parse_args(["train", "-o", "run", "--report-to", "TensorBoard, wandb"])
-    assert load_config(None, _overrides(args)).train.report_to == ["tensorboard", "wandb"]
+    assert load_config(None, cli_overrides(args)).train.report_to == ["tensorboard", "wandb"]
 
 
 def test_missing_tracker_package_is_a_one_line_config_error(monkeypatch, tmp_path, capsys):

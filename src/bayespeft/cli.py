@@ -76,7 +76,7 @@ SWITCH_FLAGS: dict[str, tuple[str, Any]] = {
 }
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.add_argument("--config", "-c", type=Path, help="YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. method.beta=0.1")
@@ -87,7 +87,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, dest=f"switch:{flag}", action="store_true", help=f"sets {key}={value}")
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
+def cli_overrides(args: argparse.Namespace) -> list[str]:
     """Positional overrides first, then flags (flags win), as dotted key=value strings."""
     items = list(args.overrides)
     for _flags, key, _kind, _ in VALUE_FLAGS:
@@ -122,13 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--stop-after-steps", type=int, help="checkpoint and exit after this many steps (continue later with --resume)"
     )
-    _add_config_flags(train)
+    add_config_flags(train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained run (or adapter) on any dataset")
     evaluate.add_argument("--run-dir", type=Path, required=True, help="a finished training run")
     evaluate.add_argument("--name", help="results folder under <run-dir>/eval (default: dataset_split_nN)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace earlier results of the same name")
-    _add_config_flags(evaluate)
+    add_config_flags(evaluate)
 
     calibrate = sub.add_parser("calibrate", help="fit a post-hoc temperature on held-out data (any method)")
     calibrate.add_argument("--run-dir", type=Path, required=True, help="a finished training run")
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--fit-offset", type=int, default=0, help="skip the first K examples of the fit split (e.g. those trained on)"
     )
-    _add_config_flags(calibrate)
+    add_config_flags(calibrate)
 
     ood = sub.add_parser("ood", help="evaluate on shifted datasets and score OOD detection (AUROC)")
     ood.add_argument("--run-dir", type=Path, required=True, help="a finished training run (the in-distribution data)")
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated datasets, optionally name@split (default validation; MMLU: test)",
     )
     ood.add_argument("--overwrite", action="store_true", help="replace earlier results of the same names")
-    _add_config_flags(ood)
+    add_config_flags(ood)
 
     add_report_parser(sub)
     add_sweep_parser(sub)
@@ -198,7 +198,7 @@ def _train(args: argparse.Namespace) -> int:
     from .compose import compose_config
     from .training import Trainer
 
-    config = compose_config(args.config, {}, _overrides(args))
+    config = compose_config(args.config, {}, cli_overrides(args))
     trainer = Trainer(
         config,
         args.output_dir,
@@ -215,7 +215,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_config(args: argparse.Namespace):
+def run_config_of(args: argparse.Namespace):
     """A finished run and its config with this command's overrides applied."""
     from .config import load_config
     from .rundir import RunDir
@@ -224,7 +224,7 @@ def _run_config(args: argparse.Namespace):
     run.require_trained()
     if args.config is not None:
         raise ConfigError(f"--config: {args.command} uses the run's own config.yaml; change it with overrides")
-    return run, load_config(run.config, _overrides(args))
+    return run, load_config(run.config, cli_overrides(args))
 
 
 def _trained_session(run, config):
@@ -237,7 +237,7 @@ def _trained_session(run, config):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    run, config = _run_config(args)
+    run, config = run_config_of(args)
     name = args.name or _result_name(config.data.dataset, config.data.eval_split, config.eval.n_samples)
     out = _fresh_result_dir(run, name, args.overwrite)
     from .training import load_examples
@@ -294,7 +294,7 @@ def _ood(args: argparse.Namespace) -> int:
     from .report import load_predictions
     from .training import load_examples
 
-    run, config = _run_config(args)
+    run, config = run_config_of(args)
     targets = _parse_dataset_list(args.datasets)
     outs = [
         _fresh_result_dir(run, "ood_" + _result_name(d, s, config.eval.n_samples), args.overwrite) for d, s in targets
@@ -421,7 +421,7 @@ def calibrate_temperature(session, config, examples: list, split: str, offset: i
 def _calibrate(args: argparse.Namespace) -> int:
     from .checkpoint import write_json_atomic
 
-    run, config = _run_config(args)
+    run, config = run_config_of(args)
     examples = fit_examples(config, args.fit_split, args.fit_offset, args.max_fit_examples)
     session = _trained_session(run, config)
     payload = calibrate_temperature(session, config, examples, args.fit_split, args.fit_offset, not args.quiet)

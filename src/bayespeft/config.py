@@ -198,8 +198,8 @@ class RunConfig:
         raw = dict(raw)
         method_raw = dict(raw.pop("method", None) or {})
         method_name = method_raw.pop("name", "blob")
-        config = _build(cls, raw, "", source, skip={"method"})
-        config.method = _build(method_config_class(str(method_name)), method_raw, "method.", source)
+        config = build_dataclass(cls, raw, "", source, skip={"method"})
+        config.method = build_dataclass(method_config_class(str(method_name)), method_raw, "method.", source)
         return config
 
 
@@ -272,7 +272,7 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def _build(cls: type, raw: dict[str, Any], prefix: str, source: str, skip: set[str] = frozenset()) -> Any:
+def build_dataclass(cls: type, raw: dict[str, Any], prefix: str, source: str, skip: set[str] = frozenset()) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping")
     hints = typing.get_type_hints(cls)
@@ -297,7 +297,7 @@ _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
     """Check ``value`` against the field's type hint; ints are accepted for floats."""
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value or {}, f"{name}.", source)
+        return build_dataclass(hint, value or {}, f"{name}.", source)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)

@@ -242,7 +242,7 @@ class _Decoder:
             )
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(model, tokenizer)
         self.device = next(model.parameters()).device
         base = model.get_base_model() if isinstance(model, PeftModel) else model
         self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
@@ -349,7 +349,7 @@ def _check_prompt_keys(prompt_keys: Sequence[int], count: int) -> list[int]:
     return keys
 
 
-def _eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def eos_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The token ids that end a sequence: the model's generation config, else the tokenizer's EOS."""
     eos = model.generation_config.eos_token_id
     if eos is None:

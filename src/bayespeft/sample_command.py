@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .compose import compose_config
-from .config import _build, apply_override
+from .config import apply_override, build_dataclass
 from .data.generative import PROMPT_TEMPLATES, QAExample, is_generative_dataset, load_generative_dataset
 from .errors import ConfigError
-from .generation import GenerationConfig, _eos_ids, check_generative, draw_plan, generate_samples
+from .generation import GenerationConfig, check_generative, draw_plan, eos_token_ids, generate_samples
 from .sample_store import (
     Generation,
     SampleStore,
@@ -55,7 +55,7 @@ _EXPORT_FORMATS = ("jsonl", "parquet")
 
 def add_sample_parser(subparsers: Any) -> None:
     """Add the ``sample`` and ``sample-store`` sub-commands to ``subparsers`` (from ``add_subparsers``)."""
-    from .cli import _add_config_flags
+    from .cli import add_config_flags
 
     sample = subparsers.add_parser(
         "sample",
@@ -72,7 +72,7 @@ def add_sample_parser(subparsers: Any) -> None:
     sample.add_argument(
         "--shard", help="I/N: this machine samples the examples with index I modulo N into its own shard file"
     )
-    _add_config_flags(sample)
+    add_config_flags(sample)
 
     store = subparsers.add_parser(
         "sample-store", help="merge, export, salvage or inspect sample stores made by `bayespeft sample`"
@@ -109,13 +109,13 @@ def run_sample(args: argparse.Namespace) -> int:
     args.overrides = [item for item in args.overrides if item not in generation_items]
     generation = generation_config(generation_items)
     if args.run_dir is not None:
-        from .cli import _run_config
+        from .cli import run_config_of
 
-        run, config = _run_config(args)
+        run, config = run_config_of(args)
     else:
-        from .cli import _overrides
+        from .cli import cli_overrides
 
-        run, config = None, compose_config(args.config, {}, _overrides(args))
+        run, config = None, compose_config(args.config, {}, cli_overrides(args))
     data = config.data
     if not is_generative_dataset(data.dataset):
         raise ConfigError(
@@ -206,7 +206,7 @@ def producer(
     """The ``produce_rows`` of :func:`run_sampling`: every sample of a batch, noise keyed by dataset index."""
     model, method, task = session.model, session.method, session.task
     index_of = {example.uid: index for index, example in enumerate(examples)}
-    end_ids = set(_eos_ids(model, task.tokenizer))
+    end_ids = set(eos_token_ids(model, task.tokenizer))
 
     def produce(batch: list[QAExample]) -> list[Generation]:
         prompts = [task.prompt_text(example.prompt) for example in batch]
@@ -235,7 +235,7 @@ def generation_config(items: list[str]) -> GenerationConfig:
     raw: dict[str, Any] = {}
     for item in items:
         apply_override(raw, item)
-    config = _build(GenerationConfig, raw.get("generation") or {}, _GENERATION_PREFIX, "overrides")
+    config = build_dataclass(GenerationConfig, raw.get("generation") or {}, _GENERATION_PREFIX, "overrides")
     config.validate()
     return config
 

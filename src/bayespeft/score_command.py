@@ -63,7 +63,7 @@ from .metrics import (
     selective_prediction,
     token_f1,
 )
-from .metrics.selective import _PALETTE
+from .metrics.selective import PALETTE
 from .sample_store import SampleStore
 
 __all__ = [
@@ -443,7 +443,7 @@ def plot_score_densities(
             low = min(0.0, *(v.min() for v in values.values()))
             high = max(1.0, *(v.max() for v in values.values()))
             grid = np.linspace(low, high, 400)
-            for colour, (label, v) in zip(itertools.cycle(_PALETTE), values.items()):
+            for colour, (label, v) in zip(itertools.cycle(PALETTE), values.items()):
                 legend = f"{label} (mean {v.mean():.3f})"
                 if np.unique(v).size >= 2:
                     ax.plot(grid, gaussian_kde(v)(grid), color=colour, lw=1.4, label=legend)

@@ -211,7 +211,7 @@ def selective_prediction(
 
 
 # Colour-blind-safe palette (Okabe & Ito), for up to eight uncertainty scores.
-_PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 
 
 def _step(rates: Tensor, accuracy: Tensor) -> tuple[Any, Any]:
@@ -244,8 +244,8 @@ def plot_accuracy_rejection(
 
     if not scores:
         raise ValueError("scores is empty")
-    if len(scores) > len(_PALETTE):
-        raise ValueError(f"at most {len(_PALETTE)} scores fit in one figure, got {len(scores)}")
+    if len(scores) > len(PALETTE):
+        raise ValueError(f"at most {len(PALETTE)} scores fit in one figure, got {len(scores)}")
     if n_boot:
         _check_bootstrap(n_boot, confidence)
     validated = {name: _uncertainty(values) for name, values in scores.items()}
@@ -273,7 +273,7 @@ def plot_accuracy_rejection(
             x, y = _step(rates, oracle)
             ax.plot(x, y, drawstyle="steps-post", color="0.35", ls="--", lw=1.0, label=f"Oracle ({oracle.mean():.3f})")
             ax.axhline(base_accuracy, color="0.55", ls=":", lw=1.0, label=f"Random ({base_accuracy:.3f})")
-            for colour, (name, u) in zip(_PALETTE, validated.items(), strict=False):
+            for colour, (name, u) in zip(PALETTE, validated.items(), strict=False):
                 if u.numel() != n:
                     raise ValueError(f"score {name!r} has {u.numel()} values but {n} examples are expected")
                 curve = _arc(u, c)
