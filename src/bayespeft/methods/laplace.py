@@ -251,6 +251,8 @@ def jacobian_pass(
         for weight in frozen:
             weight.requires_grad_(False)
     mask = batch.get("attention_mask")
+    examples = logits.shape[0]
+    owners = row_owners(batch, inputs[names[0]].shape[0], examples) if names else None
     result: dict[str, LayerJacobian] = {}
     for index, name in enumerate(names):
         a = inputs[name].double()
@@ -268,11 +270,11 @@ def jacobian_pass(
             weights = mask.to(a.device, torch.float64)
         else:
             weights = torch.ones(a.shape[:2], dtype=torch.float64, device=a.device)
-        owners = row_owners(batch, a.shape[0], logits.shape[0]).to(a.device)
-        summed_a = _sum_rows((a * weights.unsqueeze(-1)).sum(1), owners, logits.shape[0])
-        mean_a = summed_a / _sum_rows(weights.sum(1, keepdim=True), owners, logits.shape[0]).clamp_min(1)
-        out_grads = _sum_rows(g.sum(2), owners, logits.shape[0])
-        weight_jac = _sum_rows(torch.einsum("rcto,rti->rcoi", g, a), owners, logits.shape[0])
+        here = owners.to(a.device)
+        summed_a = _sum_rows((a * weights.unsqueeze(-1)).sum(1), here, examples)
+        mean_a = summed_a / _sum_rows(weights.sum(1, keepdim=True), here, examples).clamp_min(1)
+        out_grads = _sum_rows(g.sum(2), here, examples)
+        weight_jac = _sum_rows(torch.einsum("rcto,rti->rcoi", g, a), here, examples)
         result[name] = LayerJacobian(mean_a, out_grads, weight_jac)
     return logits.detach(), result
 
