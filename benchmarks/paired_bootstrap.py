@@ -39,7 +39,9 @@ def predictions_file(path: Path) -> Path:
 
 
 def probabilities(path: Path, ids: list[str] | None = None) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """(ids, probs [N, C] zero-padded to the widest question, labels [N]) in the order of ``ids``."""
+    """(ids, probs [N, C] zero-padded to the widest question, labels [N]) in the order of ``ids``.
+
+    Zero columns change neither metric, so runs of different widths compare as they are."""
     records = {r["id"]: r for r in load_predictions(predictions_file(path))}
     ids = ids if ids is not None else list(records)
     missing = [uid for uid in ids if uid not in records]
@@ -53,10 +55,6 @@ def probabilities(path: Path, ids: list[str] | None = None) -> tuple[list[str], 
     return ids, probs, labels
 
 
-def pad_to(probs: torch.Tensor, width: int) -> torch.Tensor:
-    return torch.nn.functional.pad(probs, (0, width - probs.shape[1]))
-
-
 def main() -> None:
     args = parse_args()
     if args.resamples < 10:
@@ -64,20 +62,22 @@ def main() -> None:
     ids, ref_probs, labels = probabilities(args.reference)
     generator = torch.Generator().manual_seed(args.seed)
     draws = torch.randint(len(ids), (args.resamples, len(ids)), generator=generator)
+    reference = {name: metric(ref_probs, labels) for name, metric in METRICS.items()}
+    resampled_reference = {
+        name: torch.tensor([metric(ref_probs[d], labels[d]) for d in draws]) for name, metric in METRICS.items()
+    }
     rows = []
     for run in args.runs:
         _, probs, run_labels = probabilities(run, ids)
         if not torch.equal(run_labels, labels):
             raise SystemExit(f"{predictions_file(run)}: gold labels differ from the reference's")
-        width = max(probs.shape[1], ref_probs.shape[1])
-        probs, ref = pad_to(probs, width), pad_to(ref_probs, width)
         label = run.name if run.is_dir() else "/".join(run.parts[-4:-1])
         row: dict[str, object] = {"run": str(run), "label": label}
         for name, metric in METRICS.items():
-            diffs = torch.tensor([metric(probs[d], labels[d]) - metric(ref[d], labels[d]) for d in draws])
+            diffs = torch.tensor([metric(probs[d], labels[d]) for d in draws]) - resampled_reference[name]
             low, high = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=diffs.dtype)).tolist()
             row[name] = metric(probs, labels)
-            row[f"{name}_diff"] = metric(probs, labels) - metric(ref, labels)
+            row[f"{name}_diff"] = row[name] - reference[name]
             row[f"{name}_diff_95"] = [low, high]
         rows.append(row)
 
