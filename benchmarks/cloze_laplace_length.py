@@ -5,7 +5,8 @@ issue 3's benchmark 1):
   1. the std of each choice's class logit under the linearised (GLM) predictive, on the first
      --max-examples evaluation questions, grouped by the choice's token count;
   2. over the run's evaluated questions, how often the run, a reference run (its MLE source) and
-     the gold answer are the strictly longest or strictly shortest choice of their question.
+     the gold answer are the strictly longest or strictly shortest choice of their question, and how
+     many of the reference's answers the run changes (to right, to wrong).
 
     python benchmarks/cloze_laplace_length.py --run-dir runs/all_methods/arc_easy/laplace \\
         --reference runs/all_methods/arc_easy/mle --max-examples 40 \\
@@ -37,10 +38,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def logit_std_by_length(session, examples: list) -> dict[int, list[float]]:
-    """GLM logit std of every choice of ``examples``, keyed by min(token count, LONGEST_GROUP)."""
+def logit_std_by_length(session, encoded: list) -> dict[int, list[float]]:
+    """GLM logit std of every choice of the ``encoded`` questions, keyed by min(token count, LONGEST_GROUP)."""
     task, model, method = session.task, session.model, session.method
-    encoded = task.encode(examples)
     batch_size = session.config.eval.batch_size
     stds: dict[int, list[float]] = defaultdict(list)
     model.eval()
@@ -59,14 +59,21 @@ def strictly(lengths: list[int], choice: int, better) -> bool:
     return all(better(lengths[choice], n) for k, n in enumerate(lengths) if k != choice)
 
 
-def length_picks(task, examples: list, runs: dict[str, Path]) -> dict[str, dict[str, float]]:
-    """How often each run's prediction (and the gold answer) is its question's strictly longest / shortest choice."""
-    lengths = {ex.uid: item.choice_lengths for ex, item in zip(examples, task.encode(examples), strict=True)}
-    picks = {
-        name: [(r["id"], r["prediction"]) for r in load_predictions(run / "predictions.jsonl")]
-        for name, run in runs.items()
+def answer_changes(records: dict[str, list[dict]]) -> dict[str, int]:
+    """Answers the run changes from the reference's: how many, and how many become right or wrong."""
+    reference = {r["id"]: r for r in records["reference"]}
+    changed = [(r, reference[r["id"]]) for r in records["run"] if r["prediction"] != reference[r["id"]]["prediction"]]
+    return {
+        "changed": len(changed),
+        "to_right": sum(run["correct"] and not ref["correct"] for run, ref in changed),
+        "to_wrong": sum(ref["correct"] and not run["correct"] for run, ref in changed),
     }
-    picks["gold"] = [(r["id"], r["label"]) for r in load_predictions(runs["run"] / "predictions.jsonl")]
+
+
+def length_picks(lengths: dict[str, list[int]], records: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """How often each run's prediction (and the gold answer) is its question's strictly longest / shortest choice."""
+    picks = {name: [(r["id"], r["prediction"]) for r in rows] for name, rows in records.items()}
+    picks["gold"] = [(r["id"], r["label"]) for r in records["run"]]
     table = {}
     for name, chosen in picks.items():
         missing = [uid for uid, _ in chosen if uid not in lengths]
@@ -89,8 +96,15 @@ def main() -> None:
         raise SystemExit(f"--run-dir {args.run_dir}: needs a laplace run with data.mc_scoring=cloze")
     session.method.load_adapter(session.model, args.run_dir / "adapter")
     examples = load_examples(config, config.data.eval_split, config.data.max_eval_examples)
-    stds = logit_std_by_length(session, examples[: args.max_examples])
-    picks = length_picks(session.task, examples, {"run": args.run_dir, "reference": args.reference})
+    encoded = session.task.encode(examples)
+    stds = logit_std_by_length(session, encoded[: args.max_examples])
+    lengths = {example.uid: item.choice_lengths for example, item in zip(examples, encoded, strict=True)}
+    records = {
+        name: load_predictions(run / "predictions.jsonl")
+        for name, run in (("run", args.run_dir), ("reference", args.reference))
+    }
+    picks = length_picks(lengths, records)
+    changes = answer_changes(records)
 
     print(f"GLM logit std by choice length ({args.max_examples} questions of {config.data.dataset})")
     print(f"{'tokens':>8} {'choices':>8} {'mean std':>9}")
@@ -100,6 +114,10 @@ def main() -> None:
     print(f"\n{'picks':>10} {'questions':>10} {'longest':>8} {'shortest':>9} {'mean tokens':>12}")
     for name, row in picks.items():
         print(f"{name:>10} {row['questions']:>10} {row['longest']:>8} {row['shortest']:>9} {row['mean_tokens']:>12.2f}")
+    print(
+        f"answers changed from the reference: {changes['changed']}"
+        f" ({changes['to_right']} to right, {changes['to_wrong']} to wrong)"
+    )
 
     result = {
         "args": {key: str(value) for key, value in vars(args).items()},
@@ -108,6 +126,7 @@ def main() -> None:
             str(k): {"choices": len(v), "mean_std": sum(v) / len(v)} for k, v in sorted(stds.items())
         },
         "picks": picks,
+        "answer_changes": changes,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
