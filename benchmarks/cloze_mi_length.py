@@ -62,19 +62,24 @@ def ood_summary(run: RunDir, n_samples: int) -> dict:
     return json.loads(path.read_text())
 
 
+def in_distribution_of(summary: dict) -> str:
+    return next(row["dataset"] for row in summary["rows"] if row["role"] == "in-distribution")
+
+
 def ood_records(run: RunDir, n_samples: int) -> dict[Key, dict]:
     """Every prediction record of the run's OOD evaluation with N = n_samples, in- and out-of-distribution."""
-    ood_summary(run, n_samples)
     records = {}
     for directory in sorted(run.root.glob(f"eval/ood_*_n{n_samples}")):
         if not directory.name.startswith("ood_summary"):
             for record in load_predictions(directory / "predictions.jsonl"):
                 records[(record["dataset"], record["id"])] = record
+    if not records:
+        raise SystemExit(f"{run.root}: no OOD predictions with N = {n_samples} (eval/ood_*_n{n_samples} missing)")
     return records
 
 
 def choice_lengths(run: RunDir, summary: dict) -> dict[Key, list[int]]:
-    """Token counts of every choice of every evaluated question."""
+    """Token counts of every choice of every question the run's OOD evaluation scored (the same for every run)."""
     config = load_config(run.config)
     path, kind = resolve_model(config.model)
     task = ClozeMultipleChoiceTask(load_tokenizer(path, kind, config.model.revision), config.data.max_length)
@@ -122,24 +127,41 @@ def pearson(x: Tensor, y: Tensor) -> float:
     return torch.corrcoef(torch.stack([x, y]))[0, 1].item()
 
 
-def log_tensor(values: list[float]) -> Tensor:
-    return torch.tensor(values, dtype=torch.float64).clamp_min(FLOOR).log()
+def mean_tokens(lengths: dict[Key, list[int]], keys: list[Key]) -> Tensor:
+    """Mean token count of each question's choices, in the order of ``keys``."""
+    return torch.tensor([sum(lengths[k]) / len(lengths[k]) for k in keys], dtype=torch.float64)
 
 
-def analyse(run: RunDir, n_samples: int, effects: dict[Key, float] | None) -> dict[str, object]:
-    summary = ood_summary(run, n_samples)
-    in_distribution = next(row["dataset"] for row in summary["rows"] if row["role"] == "in-distribution")
-    lengths = choice_lengths(run, summary)
-    records = ood_records(run, n_samples)
-    keys = sorted(records)
-    datasets = [key[0] for key in keys]
-    tokens = torch.tensor([sum(lengths[k]) / len(lengths[k]) for k in keys], dtype=torch.float64)
-    mi = torch.tensor([records[k]["mutual_information"] for k in keys], dtype=torch.float64)
-    order = tokens.argsort(stable=True)
-    quarter = len(keys) // QUARTERS
+def log_effects(effects: dict[Key, float], keys: list[Key]) -> Tensor:
+    return torch.tensor([effects[k] for k in keys], dtype=torch.float64).clamp_min(FLOOR).log()
+
+
+def dataset_lengths(lengths: dict[Key, list[int]]) -> dict[str, dict[str, float]]:
+    """Mean token count of each dataset's choices and its share of one-token choices."""
     counts: dict[str, list[int]] = {}
     for (dataset, _), c in lengths.items():
         counts.setdefault(dataset, []).extend(c)
+    return {
+        name: {"mean_tokens": sum(c) / len(c), "one_token_share": sum(n == 1 for n in c) / len(c)}
+        for name, c in counts.items()
+    }
+
+
+def analyse(
+    run: RunDir, n_samples: int, lengths: dict[Key, list[int]], effects: dict[Key, float] | None
+) -> dict[str, object]:
+    in_distribution = in_distribution_of(ood_summary(run, n_samples))
+    records = ood_records(run, n_samples)
+    keys = sorted(records)
+    unknown = [key for key in keys if key not in lengths]
+    if unknown:
+        raise SystemExit(f"{run.root}: {unknown[0][0]} question {unknown[0][1]} is not among the first run's questions")
+    datasets = [key[0] for key in keys]
+    tokens = mean_tokens(lengths, keys)
+    mi = torch.tensor([records[k]["mutual_information"] for k in keys], dtype=torch.float64)
+    log_mi = mi.clamp_min(FLOOR).log()
+    order = tokens.argsort(stable=True)
+    quarter = len(keys) // QUARTERS
     result = {
         "questions": len(keys),
         "pearson_r": pearson(tokens, mi),
@@ -150,21 +172,17 @@ def analyse(run: RunDir, n_samples: int, effects: dict[Key, float] | None) -> di
             }
             for q in range(QUARTERS)
         ],
-        "length_adjusted": residual_auroc(mi.clamp_min(FLOOR).log(), tokens.log(), datasets, in_distribution),
-        "datasets": {
-            name: {"mean_tokens": sum(c) / len(c), "one_token_share": sum(n == 1 for n in c) / len(c)}
-            for name, c in counts.items()
-        },
+        "length_adjusted": residual_auroc(log_mi, tokens.log(), datasets, in_distribution),
     }
     if effects is not None:
-        effect = log_tensor([effects[k] for k in keys])
-        result["pearson_r_log_mi_log_adapter_effect"] = pearson(mi.clamp_min(FLOOR).log(), effect)
-        result["pearson_r_log_adapter_effect_log_tokens"] = pearson(effect, tokens.log())
-        result["effect_adjusted"] = residual_auroc(mi.clamp_min(FLOOR).log(), effect, datasets, in_distribution)
+        effect = log_effects(effects, keys)
+        result["pearson_r_log_mi_log_adapter_effect"] = pearson(log_mi, effect)
+        result["effect_adjusted"] = residual_auroc(log_mi, effect, datasets, in_distribution)
     return result
 
 
 def effect_summary(effects: dict[Key, float], in_distribution: str) -> dict[str, object]:
+    """Mean, median and OOD-detection AUROC of the adapter effect per dataset."""
     by_dataset: dict[str, list[float]] = {}
     for (dataset, _), value in effects.items():
         by_dataset.setdefault(dataset, []).append(value)
@@ -187,16 +205,24 @@ def main() -> None:
     args = parse_args()
     effects = None
     result: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    first = RunDir(args.runs[0])
+    lengths = choice_lengths(first, ood_summary(first, args.n_samples))
+    result["datasets"] = dataset_lengths(lengths)
     if args.base_run is not None:
         adapter = RunDir(args.adapter_run)
         effects = adapter_effect(ood_records(RunDir(args.base_run), 0), ood_records(adapter, args.n_samples))
-        summary = ood_summary(adapter, args.n_samples)
-        in_distribution = next(row["dataset"] for row in summary["rows"] if row["role"] == "in-distribution")
+        in_distribution = in_distribution_of(ood_summary(adapter, args.n_samples))
         result["adapter_effect"] = effect_summary(effects, in_distribution)
         for name, stats in result["adapter_effect"].items():
             detection = f", AUROC as an OOD score {stats['auroc']:.3f}" if "auroc" in stats else ""
             print(f"adapter effect on {name}: median {stats['median']:.3f}, mean {stats['mean']:.3f}{detection}")
-    rows = {path.name: analyse(RunDir(path), args.n_samples, effects) for path in args.runs}
+        keys = sorted(effects.keys() & lengths.keys())
+        tokens = mean_tokens(lengths, keys)
+        effect = log_effects(effects, keys)
+        entangled = pearson(effect, tokens.log())
+        result["pearson_r_log_adapter_effect_log_tokens"] = entangled
+        print(f"Pearson r(log adapter effect, log choice tokens) = {entangled:.2f}")
+    rows = {path.name: analyse(RunDir(path), args.n_samples, lengths, effects) for path in args.runs}
     for name, row in rows.items():
         quarters = " / ".join(f"{q['mean_mi']:.3g} ({q['mean_tokens']:.1f} tok)" for q in row["quarters"])
         print(f"{name}: {row['questions']} questions, Pearson r(MI, choice tokens) = {row['pearson_r']:.2f}")
@@ -205,7 +231,7 @@ def main() -> None:
         if effects is not None:
             print(f"  Pearson r(log MI, log adapter effect) = {row['pearson_r_log_mi_log_adapter_effect']:.2f}")
             print_adjusted("log adapter effect", row["effect_adjusted"])
-    for dataset, stats in next(iter(rows.values()))["datasets"].items():
+    for dataset, stats in result["datasets"].items():
         print(f"{dataset}: {stats['mean_tokens']:.2f} tokens per choice, {stats['one_token_share']:.0%} one token")
     result["runs"] = rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
