@@ -32,9 +32,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import RunConfig, apply_override
+from .config import RunConfig, apply_override, read_yaml
 from .errors import ConfigError
 
 __all__ = ["GROUPS", "compose_config", "deep_merge", "split_overrides"]
@@ -159,14 +157,7 @@ def _group_file(group: str, choice: str | Path, directory: Path) -> Path:
 
 def _read_mapping(path: Path, what: str) -> dict[str, Any]:
     """A YAML file's top-level mapping (an empty file is ``{}``); errors name the file and line."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: {what} not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    data = read_yaml(path, what)
     if data is None:
         return {}
     if not isinstance(data, dict):

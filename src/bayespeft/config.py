@@ -8,6 +8,7 @@ field), and saved resolved in the run directory so the run can be reproduced or 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -20,6 +21,9 @@ import yaml
 
 from .enums import MCScoring, ModelKind, Precision
 from .errors import ConfigError
+
+#: Seeds must fit numpy's and torch's seeding: 0 <= seed < 2**32.
+SEED_LIMIT = 2**32
 
 #: Experiment trackers ``train.report_to`` accepts (accelerate's names) -> the pip package each needs.
 TRACKERS: dict[str, str] = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -114,6 +118,7 @@ class TrainConfig:
         _require(self.lr > 0, "train.lr", f"must be > 0 (got {self.lr})")
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1 (got {self.batch_size})")
         _require(self.max_steps >= 0, "train.max_steps", f"must be >= 0 (got {self.max_steps})")
+        check_seed(self.seed, "train.seed")
         _require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1) (got {self.warmup_ratio})")
         _require(self.adam_eps > 0, "train.adam_eps", f"must be > 0 (got {self.adam_eps})")
         _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0 (got {self.weight_decay})")
@@ -161,6 +166,7 @@ class EvalConfig:
         _require(self.batch_size >= 1, "eval.batch_size", f"must be >= 1 (got {self.batch_size})")
         _require(self.samples_per_pass >= 1, "eval.samples_per_pass", f"must be >= 1 (got {self.samples_per_pass})")
         _require(self.n_bins >= 1, "eval.n_bins", f"must be >= 1 (got {self.n_bins})")
+        check_seed(self.seed, "eval.seed")
         _require(
             self.temperature is None or self.temperature > 0,
             "eval.temperature",
@@ -210,19 +216,32 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        raw = read_yaml(path, "config file") or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     for item in overrides or []:
         apply_override(raw, item)
     return RunConfig.from_dict(raw, source).validate()
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's content (safe loader); a missing, non-UTF-8 or malformed file is a ConfigError naming it."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+def check_seed(seed: int, name: str) -> None:
+    """A seed must be in [0, 2**32) (what numpy and torch accept); ``name`` is the field or flag."""
+    _require(0 <= seed < SEED_LIMIT, name, f"must be in [0, 2**32) (got {seed})")
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -317,6 +336,8 @@ def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
             return value
         raise ConfigError(f"{source}: {name} must be true or false (got {value!r})")
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {name} must be a finite number (got {value!r})")
         return float(value)
     if hint is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
         return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string

@@ -41,7 +41,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from .config import _require
+from .config import _require, check_seed
 from .enums import DecodingStrategy
 from .errors import ConfigError, DataError
 from .methods import Method
@@ -88,11 +88,14 @@ class GenerationConfig:
             f"must be in (0, 1] (got {self.top_p!r})",
         )
         _require(_is_int(self.seed), "generation.seed", f"must be an integer (got {self.seed!r})")
+        check_seed(self.seed, "generation.seed")
         _require(
             self.decoding_seed is None or _is_int(self.decoding_seed),
             "generation.decoding_seed",
             f"must be an integer or null (got {self.decoding_seed!r})",
         )
+        if self.decoding_seed is not None:
+            check_seed(self.decoding_seed, "generation.decoding_seed")
         _require(
             isinstance(self.posterior_mean, bool),
             "generation.posterior_mean",

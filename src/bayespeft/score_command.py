@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from .checkpoint import write_json_atomic, write_text_atomic
+from .config import check_seed
 from .data.generative import QAExample, load_generative_dataset
 from .errors import ConfigError, DataError
 from .metrics import (
@@ -574,6 +575,7 @@ def run_score(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n-boot: must be >= 1 (got {args.n_boot})")
     if not 0 < args.confidence < 1:
         raise ConfigError(f"--confidence: must be in (0, 1) (got {args.confidence})")
+    check_seed(args.seed, "--seed")
     if len(set(args.store)) != len(args.store):
         raise ConfigError("--store: a store is named twice")
     stores = [load_scored_store(path, args.data_dir) for path in args.store]

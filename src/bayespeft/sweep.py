@@ -43,7 +43,7 @@ import yaml
 
 from .checkpoint import read_json, write_json_atomic, write_text_atomic
 from .compose import GROUPS, compose_config
-from .config import RunConfig, flatten_dict, load_config
+from .config import RunConfig, flatten_dict, load_config, read_yaml
 from .errors import BayesPeftError, ConfigError, RunDirError
 from .report import aggregate, collect_results, to_markdown
 
@@ -109,14 +109,7 @@ class SweepPoint:
 def load_sweep_spec(path: str | Path) -> SweepSpec:
     """Read a sweep spec YAML; errors name the file and the field."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: sweep spec not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    raw = read_yaml(path, "sweep spec") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with {', '.join(_SPEC_KEYS)}")
     unknown = sorted(set(raw) - set(_SPEC_KEYS))

@@ -51,7 +51,7 @@ import yaml
 
 from .checkpoint import write_json_atomic, write_text_atomic
 from .compose import GROUPS, compose_config
-from .config import RunConfig
+from .config import RunConfig, check_seed, read_yaml
 from .errors import BayesPeftError, ConfigError, RunDirError
 from .training import Trainer, is_classification_dataset, load_examples
 
@@ -323,12 +323,7 @@ class TuneSpec:
 def load_tune_spec(path: str | Path) -> TuneSpec:
     """Read a tune spec YAML (see the module docstring); errors name the file and the field."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: tune spec not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    raw = read_yaml(path, "tune spec") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with {', '.join(_SPEC_KEYS)}")
     unknown = sorted(set(raw) - set(_SPEC_KEYS))
@@ -480,6 +475,8 @@ def execute_tune(spec: TuneSpec, *, progress: bool = True) -> dict[str, Any]:
         raise ConfigError("tune: no objectives: give e.g. --objectives acc:max,ece:min,nll:min")
     if spec.trials < 1:
         raise ConfigError(f"--trials must be >= 1 (got {spec.trials})")
+    check_seed(spec.seed, "--seed")
+    check_seed(spec.validation_seed, "--validation-seed")
     out = Path(spec.output_dir)
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out}: exists and is not a directory")
