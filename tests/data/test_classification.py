@@ -304,16 +304,32 @@ MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
 
 
 def test_mrpc_small_files_and_errors(tmp_path: Path) -> None:
-    path = write(tmp_path / "mrpc" / "msr_paraphrase_test.txt", f'{MRPC_HEADER}0\t1\t2\t"Quoted\tplain "\n')
-    assert load("mrpc", "test", tmp_path) == [
-        ClassificationExample(uid="mrpc:1-2", text='"Quoted', text_pair='plain "', label=0, dataset="mrpc")
-    ]
+    rows = "".join(f'0\t{i}\t{i + 1}\t"Quoted\tplain "\n' for i in range(0, 2 * 1725, 2))
+    path = write(tmp_path / "mrpc" / "msr_paraphrase_test.txt", MRPC_HEADER + rows)
+    assert load("mrpc", "test", tmp_path)[0] == ClassificationExample(
+        uid="mrpc:0-1", text='"Quoted', text_pair='plain "', label=0, dataset="mrpc"
+    )
     write(path, f"{MRPC_HEADER}0\t1\t2\tA.\tB.\n2\t3\t4\tC.\tD.\n")
     with pytest.raises(DataError, match=rf"^{path}:3: field 'label' should be one of '0', '1', got '2'$"):
         load("mrpc", "test", tmp_path)
     train = write(tmp_path / "mrpc" / "msr_paraphrase_train.txt", f"{MRPC_HEADER}1\t5\t6\tA.\tB.\n")
-    with pytest.raises(DataError, match=rf"^{train}: needs more than 408 records to split, has 1$"):
+    with pytest.raises(DataError, match=rf"^{train}: has 1 records, the MSRP release has 4076 \(a truncated copy\?\)$"):
         load("mrpc", "validation", tmp_path)
+
+
+def test_mrpc_cut_short_at_a_line_boundary(tmp_path: Path) -> None:
+    full = (DATA / "mrpc" / "msr_paraphrase_test.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    path = write(tmp_path / "mrpc" / "msr_paraphrase_test.txt", "".join(full[:1000]))
+    with pytest.raises(DataError, match=rf"^{path}: has 999 records, the MSRP release has 1725"):
+        load("mrpc", "test", tmp_path)
+
+
+def test_non_utf8_data_file_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "mrpc" / "msr_paraphrase_test.txt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(f"{MRPC_HEADER}0\t1\t2\tA.\tB.\n".encode() + b"0\t3\t4\tCaf\xe9\tD.\n")
+    with pytest.raises(DataError, match=rf"^{path}:3: not UTF-8 text \(invalid continuation byte"):
+        load("mrpc", "test", tmp_path)
 
 
 def test_malformed_cola(tmp_path: Path) -> None:

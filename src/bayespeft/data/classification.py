@@ -70,6 +70,8 @@ __all__ = [
     "task_metric",
 ]
 
+#: Records of the offline MSRP files: a file with fewer was cut short (a copy interrupted).
+MRPC_RECORDS = {"msr_paraphrase_train.txt": 4076, "msr_paraphrase_test.txt": 1725}
 MRPC_VALIDATION_SIZE = 408
 """Size of the offline MRPC hold-out (GLUE's dev size); the rest of the MSRP train file is ``train``."""
 
@@ -255,10 +257,12 @@ def _offline_mrpc(data_dir: Path, request: _Request) -> list[ClassificationExamp
     file = "msr_paraphrase_test.txt" if request.split == "test" else "msr_paraphrase_train.txt"
     path = data_dir / "mrpc" / file
     examples = _convert(_mrpc_rows(path, request), at(path), partial(_pair_row, labels=_BINARY_LABELS), request)
+    if len(examples) != MRPC_RECORDS[file]:
+        raise DataError(
+            f"{path}: has {len(examples)} records, the MSRP release has {MRPC_RECORDS[file]} (a truncated copy?)"
+        )
     if request.split == "test":
         return examples
-    if len(examples) <= MRPC_VALIDATION_SIZE:
-        raise DataError(f"{path}: needs more than {MRPC_VALIDATION_SIZE} records to split, has {len(examples)}")
     warn_once(
         _warned,
         "mrpc",

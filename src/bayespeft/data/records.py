@@ -9,6 +9,7 @@ cannot parse. Row converters raise :class:`BadRow` for content they cannot use;
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import warnings
@@ -107,10 +108,18 @@ def text(row: Mapping[str, Any], key: str) -> str:
 
 
 def open_data(path: Path, request: Request, *, encoding: str = "utf-8") -> TextIO:
-    """Open a data file, or say which dataset and split needed it."""
+    """A data file's text (decoded whole, so a bad byte is a DataError naming the file and line), or
+    a DataError saying which dataset and split needed the missing file."""
     if not path.is_file():
         raise DataError(f"{request.dataset} {request.split}: data file not found: {path}")
-    return path.open(encoding=encoding, newline="")
+    data = path.read_bytes()
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        name = "UTF-8" if encoding.lower().replace("_", "-").startswith("utf-8") else encoding
+        raise DataError(f"{path}:{line}: not {name} text ({exc.reason} at byte {exc.start})") from None
+    return io.StringIO(text, newline="")
 
 
 def jsonl_rows(path: Path, request: Request, *, encoding: str = "utf-8") -> Rows:
