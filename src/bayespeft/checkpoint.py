@@ -33,6 +33,7 @@ __all__ = [
     "TrainingCheckpoint",
     "capture_rng_state",
     "find_latest_checkpoint",
+    "list_checkpoints",
     "load_tensors",
     "load_training_checkpoint",
     "optimizer_state_from_files",
@@ -483,7 +484,7 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(steps)
 
 
-def _complete_checkpoints(run_dir: Path) -> list[Path]:
+def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoint folders in ``run_dir``, oldest first, after recovering interrupted swaps."""
     if not run_dir.is_dir():
         return []
@@ -502,7 +503,7 @@ def find_latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     Folders without ``COMPLETE`` are ignored. Interrupted swaps are recovered first,
     so call this at resume time, not while another process is saving.
     """
-    found = _complete_checkpoints(Path(run_dir))
+    found = list_checkpoints(Path(run_dir))
     return found[-1] if found else None
 
 
@@ -510,7 +511,7 @@ def prune_checkpoints(run_dir: str | os.PathLike[str], keep: int = 2) -> list[Pa
     """Remove all but the ``keep`` newest complete checkpoints; returns the removed folders."""
     if keep < 1:
         raise BayesPeftError(f"keep must be at least 1 to stay resumable, got {keep}")
-    found = _complete_checkpoints(Path(run_dir))
+    found = list_checkpoints(Path(run_dir))
     removed = found[:-keep]
     for directory in removed:
         _remove_dir(directory)

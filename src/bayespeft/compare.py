@@ -348,7 +348,7 @@ def _run_temperature(
     session = _trained_session(source, config)
     fitted = calibrate_temperature(session, config, held_out, split, offset, progress)
     run = RunDir(run_dir)
-    run.create(overwrite=False)
+    run.create()
     save_config(config, run.config)
     write_json_atomic(run.root / "temperature.json", {**fitted, "source_run": str(source.root)})
     scaled = dataclasses.replace(config, eval=dataclasses.replace(config.eval, temperature=fitted["temperature"]))
