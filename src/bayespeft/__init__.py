@@ -7,7 +7,7 @@ share its method interface, task interface, posterior-predictive rule and run la
 __version__ = "0.1.0"
 
 from .config import RunConfig, load_config
-from .errors import BayesPeftError, ConfigError, DataError, RunDirError
+from .errors import BayesPeftError, ConfigError, DataError, NumericalError, RunDirError
 from .methods import Method, build_method, method_names
 from .predictive import posterior_predictive
 
@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Method",
+    "NumericalError",
     "RunConfig",
     "RunDirError",
     "__version__",

@@ -21,3 +21,7 @@ class DataError(BayesPeftError):
 
 class RunDirError(BayesPeftError):
     """A run directory that cannot be used as asked (exists, missing, incomplete)."""
+
+
+class NumericalError(BayesPeftError):
+    """A computation gave NaN or infinite values (a diverging training run, a broken adapter)."""

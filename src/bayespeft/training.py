@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import resource
 import statistics
 import sys
@@ -26,7 +27,8 @@ from tqdm.auto import tqdm
 from . import __version__
 from .backbones import PEFT_TASK_TYPES, load_backbone, lora_targets, resolve_model
 from .checkpoint import (
-    find_latest_checkpoint,
+    TrainingCheckpoint,
+    list_checkpoints,
     load_training_checkpoint,
     prune_checkpoints,
     restore_rng_state,
@@ -35,11 +37,15 @@ from .checkpoint import (
     write_text_atomic,
 )
 from .config import TRACKERS, RunConfig, flatten_dict, load_config, save_config
-from .data.classification import classification_task_info, load_classification_dataset
+from .data.classification import (
+    classification_task_info,
+    list_classification_datasets,
+    load_classification_dataset,
+)
 from .data.generative import is_generative_dataset, load_generative_dataset
 from .data.multiple_choice import is_mc_dataset, load_mc_dataset
 from .enums import MCScoring, ModelKind, Precision
-from .errors import ConfigError, DataError, RunDirError
+from .errors import ConfigError, DataError, NumericalError, RunDirError
 from .evaluation import evaluate
 from .methods import Method, Optimization, TrainingContext, build_method
 from .plots import plot_training_log
@@ -50,6 +56,9 @@ from .tasks.multiple_choice import ClozeMultipleChoiceTask, MultipleChoiceTask
 from .tasks.sequence_classification import SequenceClassificationTask
 
 logger = logging.getLogger("bayespeft")
+
+#: Config keys a resumed run may change (e.g. a lower learning rate after a diverged run).
+RESUME_CHANGES = ("train.lr",)
 
 
 @dataclass
@@ -142,6 +151,11 @@ def model_kind(config: RunConfig) -> ModelKind:
             )
         return kind
     if kind == ModelKind.SEQ_CLS and not is_classification_dataset(name):
+        if not is_mc_dataset(name):
+            raise ConfigError(
+                f"data.dataset: unknown dataset {name!r}; {config.model.name} is a sequence classifier, "
+                f"which classifies {', '.join(list_classification_datasets())}"
+            )
         raise ConfigError(
             f"data.dataset: {name} is a multiple-choice dataset, scored by a causal LM; "
             f"{config.model.name} is a sequence classifier (use e.g. --model smollm2-135m)"
@@ -212,22 +226,44 @@ class Trainer:
         eval_examples: list | None = None,
     ) -> None:
         """``train_examples`` / ``eval_examples`` replace the config's splits (e.g. a validation part
-        carved from the training data by `bayespeft tune`)."""
+        carved from the training data by `bayespeft tune`).
+
+        With ``overwrite`` an existing run is replaced only once the new one has finished: until
+        then the new run lives in the staging folder (``RunDir.staging``), which ``resume`` continues.
+        """
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
-        self.run = RunDir(Path(run_dir))
-        self.run.check_new(overwrite=overwrite, resume=resume)
+        self.target = RunDir(Path(run_dir))  # where the finished run ends up
+        self.target.check_new(overwrite=overwrite, resume=resume)
+        self.run = self.target.resume_target() if resume else self.target.build_target(overwrite)  # where it is built
         if resume:
-            saved = load_config(self.run.config)
-            if saved.to_dict() != config.to_dict():
-                config = saved  # resuming always continues the saved run's config
-                logger.info("resuming with the configuration saved in %s", self.run.config)
+            config = self._resumed_config(config)
         self.config, self.resume, self.overwrite, self.progress = config, resume, overwrite, progress
+        self._last_checkpoint = 0
         self._acc = make_accelerator(config, self.run.root)
         if stop_after_steps is not None and stop_after_steps < 1:
             raise ConfigError(f"--stop-after-steps must be >= 1 (got {stop_after_steps})")
         self.stop_after_steps = stop_after_steps
         self.train_examples, self.eval_examples = train_examples, eval_examples
+
+    def _resumed_config(self, config: RunConfig) -> RunConfig:
+        """The saved config, with the changes a resumed run may make (RESUME_CHANGES); others are refused."""
+        if self.run.metrics.is_file() and not list_checkpoints(self.run.checkpoints):
+            raise RunDirError(
+                f"{self.run.root}: the run has finished (metrics.json) and keeps no checkpoint to resume from; "
+                "train it again with --overwrite"
+            )
+        saved = load_config(self.run.config)
+        theirs, ours = flatten_dict(saved.to_dict()), flatten_dict(config.to_dict())
+        changed = sorted(key for key in set(theirs) | set(ours) if theirs.get(key) != ours.get(key))
+        for key in changed:
+            if key not in RESUME_CHANGES:
+                raise ConfigError(
+                    f"--resume: {key} is {theirs.get(key)!r} in {self.run.config} but {ours.get(key)!r} here; "
+                    f"a resumed run keeps its config except {', '.join(RESUME_CHANGES)}"
+                )
+            logger.info("resuming with %s=%r (was %r)", key, ours.get(key), theirs.get(key))
+        return config
 
     def run_training(self) -> dict[str, Any]:
         config = self.config
@@ -261,14 +297,15 @@ class Trainer:
             logger.warning("KL SCHEDULE: %s", warning)
             warnings.warn(warning, UserWarning, stacklevel=2)
         if acc.is_main_process:  # all input validated: now the run directory may be written
-            self.run.create(overwrite=self.overwrite)
-            if not self.resume:
-                save_config(config, self.run.config)
+            if self.run != self.target and not self.resume:
+                self.target.clear_staging()  # a rerun that failed or was killed before this one
+            self.run.create()
+            save_config(config, self.run.config)
         if config.train.report_to:  # the resolved config as the tracked run's hyperparameters
             hparams = {
                 k: v if isinstance(v, int | float | str) else str(v) for k, v in flatten_dict(config.to_dict()).items()
             }
-            acc.init_trackers(config.train.tracking_project, hparams, {"wandb": {"name": self.run.root.name}})
+            acc.init_trackers(config.train.tracking_project, hparams, {"wandb": {"name": self.target.root.name}})
         model = acc.prepare_model(model)
         start_step = self._restore(model, optimization) if self.resume else 0
         end_step = config.train.max_steps
@@ -282,7 +319,11 @@ class Trainer:
             logger.info("stopped at step %d of %d; continue with --resume", end_step, config.train.max_steps)
             self._finish_tracking()
             return {"status": "paused", "step": end_step}
-        return {"status": "finished", **self._finish(session, model, eval_examples, optimization, step_times)}
+        payload = self._finish(session, model, eval_examples, optimization, step_times)
+        if self.run != self.target and acc.is_main_process:
+            self.target.replace_with(self.run)  # the finished rerun replaces the old run only now
+        self.run = self.target
+        return {"status": "finished", **payload}
 
     # ---- the loop ---------------------------------------------------------------------------------
     def _loop(
@@ -308,6 +349,8 @@ class Trainer:
             disable=not (self.progress and acc.is_main_process),
         )
         per_step = train.batch_size * acc.num_processes
+        trainable = list(self._trainable(model).values())
+        self._last_checkpoint = start_step
         order: list[int] = []
         for step in range(start_step, end_step):
             epoch, position = divmod(step, context.batches_per_epoch)
@@ -321,6 +364,10 @@ class Trainer:
             with method.sampling(enabled=True, groups=copies), acc.autocast():
                 nll, batch_scores = batch_loss(task, model, batch, copies)
             record = optimization.step(nll, acc.backward)
+            bad = _non_finite(record, trainable)
+            if bad is not None:
+                bar.close()
+                raise NumericalError(self._diverged(step + 1, bad))
             step_times.append(time.perf_counter() - began)
             record = {
                 "step": step + 1,
@@ -338,6 +385,16 @@ class Trainer:
                 self._checkpoint(model, optimization, step + 1, epoch)
         bar.close()
         return step_times
+
+    def _diverged(self, step: int, what: str) -> str:
+        """The one-line error of a non-finite step: where training stopped and how to go on."""
+        last = self._last_checkpoint
+        where = f"the last checkpoint (step {last})" if last else "step 0 (no checkpoint yet)"
+        lower = f"{self.config.train.lr / 10:g}"
+        return (
+            f"step {step}: {what} is not finite; training stopped and nothing of it was saved. Continue from "
+            f"{where} with a lower learning rate: bayespeft train -o {self.target.root} --resume --lr {lower}"
+        )
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def _trainable(self, model) -> dict[str, torch.Tensor]:
@@ -360,14 +417,24 @@ class Trainer:
             },
         )
         prune_checkpoints(self.run.checkpoints, keep=self.config.train.keep_checkpoints)
+        self._last_checkpoint = step
 
     def _restore(self, model, optimization: Optimization) -> int:
-        latest = find_latest_checkpoint(self.run.checkpoints) if self.run.checkpoints.is_dir() else None
-        if latest is None:
+        found = list_checkpoints(self.run.checkpoints)
+        checkpoint = _newest_intact(found)
+        if checkpoint is None:
+            if found:
+                raise RunDirError(
+                    f"{self.run.checkpoints}: none of the {len(found)} checkpoints is intact; "
+                    "train again with --overwrite"
+                )
             logger.info("no checkpoint in %s: starting from step 0", self.run.checkpoints)
             self._truncate_log(0)
             return 0
-        checkpoint = load_training_checkpoint(latest)
+        latest = checkpoint.directory
+        fresh = {
+            name: [g.get("initial_lr", g["lr"]) for g in o.param_groups] for name, o in optimization.optimizers.items()
+        }
         params = dict(self._acc.unwrap_model(model).named_parameters())
         missing = set(self._trainable(model)) - set(checkpoint.trainable)
         if missing:
@@ -379,6 +446,7 @@ class Trainer:
             optimizer.load_state_dict(checkpoint.optimizers[name])
         for name, scheduler in optimization.schedulers.items():
             scheduler.load_state_dict(checkpoint.schedulers[name])
+        _set_learning_rates(optimization, fresh)
         optimization.load_state(checkpoint.state["optimization"])
         restore_rng_state(checkpoint.rng_tensors, checkpoint.rng_meta)
         step = int(checkpoint.state["step"])
@@ -393,15 +461,29 @@ class Trainer:
         lines.clear()
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log lines past the checkpoint a resumed run restarts from."""
-        if not self._acc.is_main_process or not self.run.train_log.is_file():
+        """Drop log lines past the checkpoint a resumed run restarts from, and a last line a kill tore."""
+        path = self.run.train_log
+        if not self._acc.is_main_process or not path.is_file():
             return
-        kept = [
-            line
-            for line in self.run.train_log.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
-        write_text_atomic(self.run.train_log, "".join(line + "\n" for line in kept))
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise RunDirError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        kept = []
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                logged_step = int(record["step"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                if lineno == len(lines):  # the append of the last line was cut short
+                    logger.warning("%s:%d: dropping a torn last line", path, lineno)
+                    break
+                raise RunDirError(f"{path}:{lineno}: malformed log line (expected a JSON object with a step)") from None
+            if logged_step <= step:
+                kept.append(line)
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     # ---- the end ----------------------------------------------------------------------------------
     def _finish(
@@ -454,6 +536,47 @@ class Trainer:
         sweep, whose later runs still need it."""
         for tracker in self._acc.trackers:
             tracker.finish()
+
+
+def _non_finite(record: dict[str, Any], trainable: list[torch.Tensor]) -> str | None:
+    """What went non-finite in a training step (a logged loss, or the weights a NaN gradient updated), or None."""
+    for key, value in record.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{key}={value}"
+    if trainable and not bool(torch.stack([torch.isfinite(p).all() for p in trainable]).all()):
+        return "a gradient (the updated adapter weights)"
+    return None
+
+
+def _newest_intact(directories: list[Path]) -> TrainingCheckpoint | None:
+    """The newest checkpoint that loads and holds finite weights (older ones are the fallback), or None."""
+    for directory in reversed(directories):
+        try:
+            checkpoint = load_training_checkpoint(directory)
+        except RunDirError as exc:
+            logger.warning("%s; falling back to the checkpoint before it", exc)
+            continue
+        if all(bool(torch.isfinite(t).all()) for t in checkpoint.trainable.values()):
+            return checkpoint
+        logger.warning("%s: holds non-finite weights; falling back to the checkpoint before it", directory)
+    return None
+
+
+def _set_learning_rates(optimization: Optimization, fresh: dict[str, list[float]]) -> None:
+    """After loading saved optimiser states, put back the learning rates the current config gives
+    (``fresh``: each group's initial lr before loading), at the same point of the schedule.
+    Unchanged rates are left bit for bit; a changed ``train.lr`` on resume rescales its groups."""
+    for name, optimizer in optimization.optimizers.items():
+        scheduler = optimization.schedulers.get(name)
+        for index, (group, lr) in enumerate(zip(optimizer.param_groups, fresh[name], strict=True)):
+            saved = group.get("initial_lr", group["lr"])
+            if saved == lr:
+                continue
+            group["lr"] = group["lr"] * lr / saved
+            if "initial_lr" in group:
+                group["initial_lr"] = lr
+            if scheduler is not None:
+                scheduler.base_lrs[index] = lr
 
 
 def batch_loss(
