@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from .compare import add_compare_parser, run_compare
 from .errors import BayesPeftError, ConfigError
 from .report import add_report_parser, run_report
+from .rundir import check_writable, path_flag
 from .sample_command import add_sample_parser, run_sample, run_sample_store
 from .score_command import add_score_parser, run_score
 from .sweep import add_sweep_parser, run_sweep
@@ -116,22 +118,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="fine-tune, then evaluate and write a calibration report")
-    train.add_argument("--output-dir", "-o", type=Path, required=True, help="run directory")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    train.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
+    train.add_argument("--output-dir", "-o", type=path_flag("--output-dir"), required=True, help="run directory")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing run directory (only a bayespeft run; swapped in once the new run finished)",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output-dir from its checkpoint (with its config; --lr may change)",
+    )
     train.add_argument(
         "--stop-after-steps", type=int, help="checkpoint and exit after this many steps (continue later with --resume)"
     )
     add_config_flags(train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained run (or adapter) on any dataset")
-    evaluate.add_argument("--run-dir", type=Path, required=True, help="a finished training run")
-    evaluate.add_argument("--name", help="results folder under <run-dir>/eval (default: dataset_split_nN)")
+    evaluate.add_argument("--run-dir", type=path_flag("--run-dir"), required=True, help="a finished training run")
+    evaluate.add_argument(
+        "--name", help="results folder under <run-dir>/eval, a plain name (default: dataset_split_nN)"
+    )
     evaluate.add_argument("--overwrite", action="store_true", help="replace earlier results of the same name")
     add_config_flags(evaluate)
 
     calibrate = sub.add_parser("calibrate", help="fit a post-hoc temperature on held-out data (any method)")
-    calibrate.add_argument("--run-dir", type=Path, required=True, help="a finished training run")
+    calibrate.add_argument("--run-dir", type=path_flag("--run-dir"), required=True, help="a finished training run")
     calibrate.add_argument(
         "--fit-split", default="validation", help="held-out split to fit on (never the test split you report)"
     )
@@ -142,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(calibrate)
 
     ood = sub.add_parser("ood", help="evaluate on shifted datasets and score OOD detection (AUROC)")
-    ood.add_argument("--run-dir", type=Path, required=True, help="a finished training run (the in-distribution data)")
+    ood.add_argument(
+        "--run-dir",
+        type=path_flag("--run-dir"),
+        required=True,
+        help="a finished training run (the in-distribution data)",
+    )
     ood.add_argument(
         "--datasets",
         required=True,
@@ -172,9 +189,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        args = parse_args(argv)  # a path flag's check raises a BayesPeftError here
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         commands = {
             "train": _train,
             "evaluate": _evaluate,
@@ -196,9 +213,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .compose import compose_config
+    from .config import load_config
+    from .rundir import RunDir
     from .training import Trainer
 
-    config = compose_config(args.config, {}, cli_overrides(args))
+    if args.resume and not args.overwrite:  # the saved config with the flags on top (Trainer allows train.lr)
+        if args.config is not None:
+            raise ConfigError("--config: --resume continues the run's own config.yaml; change train.lr with --lr")
+        run = RunDir(args.output_dir)
+        run.check_new(overwrite=False, resume=True)
+        config = load_config(run.resume_target().config, cli_overrides(args))
+    else:
+        config = compose_config(args.config, {}, cli_overrides(args))
     trainer = Trainer(
         config,
         args.output_dir,
@@ -238,8 +264,11 @@ def _trained_session(run, config):
 
 def _evaluate(args: argparse.Namespace) -> int:
     run, config = run_config_of(args)
-    name = args.name or _result_name(config.data.dataset, config.data.eval_split, config.eval.n_samples)
-    out = _fresh_result_dir(run, name, args.overwrite)
+    if args.name is not None:
+        out = _fresh_result_dir(run, args.name, args.overwrite, "--name")
+    else:
+        name = _result_name(config.data.dataset, config.data.eval_split, config.eval.n_samples)
+        out = _fresh_result_dir(run, name, args.overwrite, "data.dataset")
     from .training import load_examples
 
     examples = load_examples(config, config.data.eval_split, config.data.max_eval_examples)
@@ -250,11 +279,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _result_name(dataset: str, split: str, n_samples: int) -> str:
-    return f"{dataset.replace(':', '-')}_{split}_n{n_samples}"
+    """A results folder name: the dataset (``:`` and path characters as ``-``), split and N."""
+    return re.sub(r"[^A-Za-z0-9_.+=@-]", "-", f"{dataset}_{split}_n{n_samples}").lstrip(".")
 
 
-def _fresh_result_dir(run, name: str, overwrite: bool) -> Path:
-    out = run.eval_dir(name)
+def _fresh_result_dir(run, name: str, overwrite: bool, flag: str) -> Path:
+    """``<run>/eval/<name>``, refused when it holds results and ``overwrite`` is off (``flag``: what named it)."""
+    out = run.eval_dir(name, flag)
+    check_writable(out, "--run-dir")
     if out.exists() and not overwrite:
         raise ConfigError(f"{out}: results exist; pass --overwrite or choose another --name")
     return out
@@ -297,9 +329,10 @@ def _ood(args: argparse.Namespace) -> int:
     run, config = run_config_of(args)
     targets = _parse_dataset_list(args.datasets)
     outs = [
-        _fresh_result_dir(run, "ood_" + _result_name(d, s, config.eval.n_samples), args.overwrite) for d, s in targets
+        _fresh_result_dir(run, "ood_" + _result_name(d, s, config.eval.n_samples), args.overwrite, "--datasets")
+        for d, s in targets
     ]
-    summary_dir = _fresh_result_dir(run, f"ood_summary_n{config.eval.n_samples}", args.overwrite)
+    summary_dir = _fresh_result_dir(run, f"ood_summary_n{config.eval.n_samples}", args.overwrite, "--datasets")
     jobs = []
     for (dataset, split), out in zip(targets, outs, strict=True):
         data = dataclasses.replace(config.data, dataset=dataset, eval_split=split)
@@ -312,7 +345,7 @@ def _ood(args: argparse.Namespace) -> int:
         in_payload, in_records = saved, load_predictions(run.root / "predictions.jsonl")  # the run's own
     else:
         name = "ood_in_" + _result_name(config.data.dataset, config.data.eval_split, config.eval.n_samples)
-        in_dir = _fresh_result_dir(run, name, True)
+        in_dir = _fresh_result_dir(run, name, True, "data.dataset")
         in_examples = load_examples(config, config.data.eval_split, config.data.max_eval_examples)
         in_payload = _evaluate_into(session, config, in_examples, in_dir, not args.quiet)
         in_records = load_predictions(in_dir / "predictions.jsonl")
@@ -384,6 +417,8 @@ def fit_examples(config, split: str, offset: int, limit: int | None) -> list:
 
     if offset < 0:
         raise ConfigError(f"--fit-offset: must be >= 0 (got {offset})")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--max-fit-examples: must be >= 1 (got {limit})")
     examples = load_examples(config, split, None if limit is None else offset + limit)[offset:]
     if not examples:
         raise ConfigError(f"--fit-offset: {offset} skips every example of split {split}")
@@ -393,7 +428,7 @@ def fit_examples(config, split: str, offset: int, limit: int | None) -> list:
 def calibrate_temperature(session, config, examples: list, split: str, offset: int, progress: bool) -> dict[str, Any]:
     """Fit a temperature on held-out ``examples`` with the session's trained adapter: the temperature.json payload."""
     from .calibration import apply_temperature, fit_temperature
-    from .evaluation import predict
+    from .evaluation import check_finite, predict
     from .metrics import negative_log_likelihood
     from .predictive import posterior_predictive_from_probs
 
@@ -401,6 +436,7 @@ def calibrate_temperature(session, config, examples: list, split: str, offset: i
     sample_probs, labels = predict(
         session.model, session.method, session.task, encoded, config.eval, session.accelerator, progress
     )
+    check_finite(sample_probs, "predicted probabilities")
     temperature = fit_temperature(sample_probs, labels)
     before = negative_log_likelihood(posterior_predictive_from_probs(sample_probs), labels)
     after = negative_log_likelihood(
@@ -422,6 +458,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .checkpoint import write_json_atomic
 
     run, config = run_config_of(args)
+    check_writable(run.root, "--run-dir")
     examples = fit_examples(config, args.fit_split, args.fit_offset, args.max_fit_examples)
     session = _trained_session(run, config)
     payload = calibrate_temperature(session, config, examples, args.fit_split, args.fit_offset, not args.quiet)

@@ -18,7 +18,7 @@ from .calibration import apply_temperature
 from .checkpoint import write_text_atomic
 from .config import EvalConfig
 from .data.classification import task_metric
-from .errors import ConfigError
+from .errors import ConfigError, NumericalError
 from .methods import Method
 from .metrics import UncertaintyMetrics
 from .tasks.base import Example, Task
@@ -100,6 +100,7 @@ def evaluate(
         return evaluate_answers(model, method, task, examples, config, accelerator, output_dir, progress)
     encoded = task.encode(examples)
     sample_probs, labels = predict(model, method, task, encoded, config, accelerator, progress)
+    check_finite(sample_probs, "predicted probabilities")
     if config.temperature is not None:
         sample_probs = apply_temperature(sample_probs, config.temperature)
     metrics = UncertaintyMetrics(n_bins=config.n_bins)
@@ -160,6 +161,7 @@ def evaluate_answers(
         rows.extend((it.index, log_likelihoods[i], lengths[i]) for i, it in enumerate(items))
     rows = _gathered_in_order(rows, accelerator)
     draw_log_likelihoods = torch.stack([r[1] for r in rows])  # [N, S]
+    check_finite(draw_log_likelihoods.nan_to_num(neginf=0.0), "answer log-likelihoods")
     predictive = torch.logsumexp(draw_log_likelihoods, dim=1) - math.log(num_draws)
     tokens = sum(r[2] for r in rows)
     token_nll = float(-predictive.sum() / tokens)
@@ -179,6 +181,16 @@ def evaluate_answers(
         ]
         write_predictions(output_dir / "predictions.jsonl", examples, records)
     return scores
+
+
+def check_finite(values: torch.Tensor, what: str) -> None:
+    """Refuse NaN or infinite model outputs, per example (dim 0): they come from broken weights, not data."""
+    bad = ~torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
+    if bool(bad.any()):
+        raise NumericalError(
+            f"evaluation: the {what} of {int(bad.sum())} of {len(bad)} examples are NaN or infinite "
+            "(non-finite adapter weights or an overflow); check the run's train.lr and model.precision"
+        )
 
 
 def write_predictions(path: Path, examples: Sequence[Example], records: Sequence[dict[str, Any]]) -> None:

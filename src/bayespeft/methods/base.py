@@ -24,7 +24,7 @@ from torch import nn
 
 from ..checkpoint import load_tensors, read_json, save_tensors_atomic, write_json_atomic
 from ..config import LoraSettings, MethodConfig, TrainConfig
-from ..errors import ConfigError, RunDirError
+from ..errors import ConfigError, NumericalError, RunDirError
 from ..predictive import sample_probabilities
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -326,6 +326,12 @@ class Method:
                 f"{directory / ADAPTER_WEIGHTS}: adapter does not match method {self.name!r} and this model "
                 f"({what}; {len(missing)} missing, {len(unexpected)} unexpected)"
             )
+        for name, tensor in tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise NumericalError(
+                    f"{directory / ADAPTER_WEIGHTS}: {name} holds NaN or infinite weights (a diverged run?); "
+                    "train it again with a lower train.lr"
+                )
         set_peft_model_state_dict(peft_model, tensors)
 
     def merge(self, model: PeftModel) -> nn.Module:
