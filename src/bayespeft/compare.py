@@ -60,7 +60,7 @@ from .report import (
     save_figure,
     write_report,
 )
-from .rundir import RunDir
+from .rundir import RunDir, check_writable, path_flag
 from .sweep import SweepPoint, _override, plan_points, point_name, run_points, spec_dict, train_point, write_manifest
 
 __all__ = [
@@ -365,6 +365,7 @@ def execute_compare(spec: CompareSpec, *, progress: bool = True, dry_run: bool =
     out = Path(spec.output_dir)
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out}: exists and is not a directory (-o/--output-dir)")
+    check_writable(out, "--output-dir")
     plan = _plan(spec)
     entries = plan_points(plan.points, out / "runs")
     for entry, point in zip(entries, plan.points, strict=True):
@@ -511,7 +512,7 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (train.seed; default: %(default)s)")
     parser.add_argument("--config", "-c", type=Path, help="base config file (composed: defaults, groups)")
     parser.add_argument("--config-dir", type=Path, help="folder of the group files (default: the base's folder)")
-    parser.add_argument("--output-dir", "-o", type=Path, required=True, help="comparison folder")
+    parser.add_argument("--output-dir", "-o", type=path_flag("--output-dir"), required=True, help="comparison folder")
     parser.add_argument(
         "--metrics", default=",".join(DEFAULT_METRICS), help="table and figure metrics (default: %(default)s)"
     )

@@ -43,6 +43,7 @@ from .metrics.classification import (
     _draw_reliability_bars,
     _reliability_legend_handles,
 )
+from .rundir import check_writable, path_flag
 
 __all__ = [
     "DEFAULT_GROUP_BY",
@@ -651,6 +652,7 @@ def write_report(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out}: exists and is not a directory")
+    check_writable(out, "--output-dir")
     out.mkdir(parents=True, exist_ok=True)
     written = {
         "markdown": out / "results.md",
@@ -683,7 +685,9 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "paths", nargs="+", type=Path, metavar="RUN_DIR", help="run directories, eval/<name> folders or folders of runs"
     )
-    parser.add_argument("--output-dir", "-o", type=Path, required=True, help="folder for the report files")
+    parser.add_argument(
+        "--output-dir", "-o", type=path_flag("--output-dir"), required=True, help="folder for the report files"
+    )
     parser.add_argument(
         "--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated metrics (default: %(default)s)"
     )

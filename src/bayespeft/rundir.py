@@ -85,9 +85,8 @@ def check_writable(path: Path, flag: str) -> None:
         ancestor = ancestor.parent
     if ancestor != path and not ancestor.is_dir():
         raise RunDirError(f"{flag} {path}: {ancestor} is a file, not a folder")
-    target = path if path.is_dir() else ancestor
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise RunDirError(f"{flag} {path}: cannot write in {target} (read-only file system or no permission)")
+    if not os.access(ancestor, os.W_OK | (os.X_OK if ancestor.is_dir() else 0)):
+        raise RunDirError(f"{flag} {path}: cannot write in {ancestor} (read-only file system or no permission)")
 
 
 def _protected(path: Path) -> str | None:

@@ -32,6 +32,7 @@ from .config import apply_override, build_dataclass
 from .data.generative import PROMPT_TEMPLATES, QAExample, is_generative_dataset, load_generative_dataset
 from .errors import ConfigError
 from .generation import GenerationConfig, check_generative, draw_plan, eos_token_ids, generate_samples
+from .rundir import check_writable, path_flag
 from .sample_store import (
     Generation,
     SampleStore,
@@ -65,8 +66,12 @@ def add_sample_parser(subparsers: Any) -> None:
         "num_beams, temperature, top_k, top_p, seed, decoding_seed, posterior_mean, prompts_per_batch). "
         "Rerunning resumes; a store of another configuration is refused.",
     )
-    sample.add_argument("--run-dir", type=Path, help="a finished training run (default: zero-shot from the config)")
-    sample.add_argument("--store", type=Path, required=True, help="the SQLite store (.sqlite) to create or resume")
+    sample.add_argument(
+        "--run-dir", type=path_flag("--run-dir"), help="a finished training run (default: zero-shot from the config)"
+    )
+    sample.add_argument(
+        "--store", type=path_flag("--store"), required=True, help="the SQLite store (.sqlite) to create or resume"
+    )
     sample.add_argument("--split", default="test", help="dataset split to sample (default: %(default)s)")
     sample.add_argument("--max-examples", type=int, help="sample the first N examples (a larger N extends the store)")
     sample.add_argument(
@@ -80,17 +85,19 @@ def add_sample_parser(subparsers: Any) -> None:
     store.set_defaults(overrides=[])
     actions = store.add_subparsers(dest="action", required=True)
     merging = actions.add_parser("merge", help="unite shard stores into one store (rerunning it is harmless)")
-    merging.add_argument("--store", type=Path, required=True, help="the merged store (and base name of its shards)")
+    merging.add_argument(
+        "--store", type=path_flag("--store"), required=True, help="the merged store (and base name of its shards)"
+    )
     sources = merging.add_mutually_exclusive_group(required=True)
     sources.add_argument("--shards", type=int, help="merge <store stem>.shard-I-of-N files, I = 0..N-1")
     sources.add_argument("--inputs", type=Path, nargs="+", help="merge these store files")
     export = actions.add_parser("export", help="write a store's samples as JSONL or Parquet")
     export.add_argument("--store", type=Path, required=True)
-    export.add_argument("--out", type=Path, required=True, help="output file")
+    export.add_argument("--out", type=path_flag("--out"), required=True, help="output file")
     export.add_argument("--format", choices=_EXPORT_FORMATS, help="default: from the --out suffix")
     rescue = actions.add_parser("salvage", help="copy the readable rows of a damaged store into a new store")
     rescue.add_argument("--store", type=Path, required=True, help="the damaged store (only read)")
-    rescue.add_argument("--out", type=Path, required=True, help="the new store; resume sampling into it")
+    rescue.add_argument("--out", type=path_flag("--out"), required=True, help="the new store; resume sampling into it")
     info = actions.add_parser("info", help="print a store's configuration, shard and progress")
     info.add_argument("--store", type=Path, required=True)
 
@@ -103,6 +110,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
     if args.max_examples is not None and args.max_examples < 1:
         raise ConfigError(f"--max-examples: must be >= 1 (got {args.max_examples})")
+    check_writable(args.store, "--store")
     if getattr(args, "eval.n_samples") is not None:
         raise ConfigError("--n-samples: sets eval.n_samples, which sampling does not read; use generation.n_samples=S")
     generation_items = [item for item in args.overrides if item.strip().startswith(_GENERATION_PREFIX)]
@@ -247,6 +255,7 @@ def run_sample_store(args: argparse.Namespace) -> int:
     if args.action == "merge":
         if args.shards is not None and args.shards < 1:
             raise ConfigError(f"--shards: must be >= 1 (got {args.shards})")
+        check_writable(args.store, "--store")
         inputs = shard_paths(args.store, args.shards) if args.shards is not None else args.inputs
         rows = merge(inputs, args.store)
         print(f"merged {len(inputs)} stores: {rows} samples -> {args.store}")
@@ -254,10 +263,12 @@ def run_sample_store(args: argparse.Namespace) -> int:
         kind = args.format or args.out.suffix.lstrip(".").lower()
         if kind not in _EXPORT_FORMATS:
             raise ConfigError(f"--out {args.out}: cannot tell the format from its suffix; pass --format jsonl|parquet")
+        check_writable(args.out, "--out")
         with SampleStore.open_existing(args.store) as store:
             rows = store.export_jsonl(args.out) if kind == "jsonl" else store.export_parquet(args.out)
         print(f"exported {rows} samples -> {args.out}")
     elif args.action == "salvage":
+        check_writable(args.out, "--out")
         result = salvage(args.store, args.out)
         print(
             f"salvaged {result.recovered} samples ({result.lost} unreadable) -> {args.out}; "

@@ -65,6 +65,7 @@ from .metrics import (
     token_f1,
 )
 from .metrics.selective import PALETTE
+from .rundir import check_writable, path_flag
 from .sample_store import SampleStore
 
 __all__ = [
@@ -103,7 +104,13 @@ def add_score_parser(subparsers: Any) -> None:
         "references. Uncertainty scores are oriented so that higher means more uncertain.",
     )
     parser.add_argument("--store", type=Path, action="append", required=True, help="a sample store (repeatable)")
-    parser.add_argument("--output-dir", "-o", type=Path, required=True, help="folder for scores.json, tables, figures")
+    parser.add_argument(
+        "--output-dir",
+        "-o",
+        type=path_flag("--output-dir"),
+        required=True,
+        help="folder for scores.json, tables, figures",
+    )
     parser.add_argument("--data-dir", help="the data folder the stores were sampled from (default: the hub)")
     parser.add_argument(
         "--correctness", choices=CORRECTNESS_JUDGES, default="em", help="QA correctness judge (default: %(default)s)"
@@ -576,6 +583,9 @@ def run_score(args: argparse.Namespace) -> int:
     if not 0 < args.confidence < 1:
         raise ConfigError(f"--confidence: must be in (0, 1) (got {args.confidence})")
     check_seed(args.seed, "--seed")
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise ConfigError(f"--output-dir {args.output_dir}: exists and is not a directory")
+    check_writable(args.output_dir, "--output-dir")
     if len(set(args.store)) != len(args.store):
         raise ConfigError("--store: a store is named twice")
     stores = [load_scored_store(path, args.data_dir) for path in args.store]

@@ -46,6 +46,7 @@ from .compose import GROUPS, compose_config
 from .config import RunConfig, flatten_dict, load_config, read_yaml
 from .errors import BayesPeftError, ConfigError, RunDirError
 from .report import aggregate, collect_results, to_markdown
+from .rundir import check_writable, path_flag
 
 __all__ = [
     "QUANTITIES",
@@ -292,9 +293,10 @@ def execute_sweep(spec: SweepSpec, *, progress: bool = True, dry_run: bool = Fal
     A point failing with a BayesPeftError is recorded as failed and the sweep goes on.
     With ``dry_run`` only the plan (each point's action) is returned and nothing is written.
     """
-    if spec.output_dir is None:
+    if spec.output_dir is None or not str(spec.output_dir).strip():
         raise ConfigError("sweep: no output directory (output_dir in the spec or -o)")
     out = Path(spec.output_dir)
+    check_writable(out, "--output-dir")
     points = expand_sweep(spec)
     entries = plan_points(points, out)
     manifest = {"spec": spec.to_dict(), "points": entries}
@@ -543,7 +545,9 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", help="comma-separated seeds (train.seed), e.g. 1,2,3")
     parser.add_argument("--datasets", help="comma-separated datasets (data.dataset)")
-    parser.add_argument("--output-dir", "-o", type=Path, help="sweep folder (replaces the spec's output_dir)")
+    parser.add_argument(
+        "--output-dir", "-o", type=path_flag("--output-dir"), help="sweep folder (replaces the spec's output_dir)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate and list the points; run nothing")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run_sweep)

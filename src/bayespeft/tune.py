@@ -53,6 +53,7 @@ from .checkpoint import write_json_atomic, write_text_atomic
 from .compose import GROUPS, compose_config
 from .config import RunConfig, check_seed, read_yaml
 from .errors import BayesPeftError, ConfigError, RunDirError
+from .rundir import check_writable, path_flag
 from .training import Trainer, is_classification_dataset, load_examples
 
 __all__ = [
@@ -467,7 +468,7 @@ def execute_tune(spec: TuneSpec, *, progress: bool = True) -> dict[str, Any]:
 
     Returns a summary: storage, study name, the trials of this call, all trials and the front.
     """
-    if spec.output_dir is None:
+    if spec.output_dir is None or not str(spec.output_dir).strip():
         raise ConfigError("tune: no output directory (output_dir in the spec or -o)")
     if not spec.space:
         raise ConfigError("tune: empty search space: give --space KEY=SPEC, e.g. method.beta=log:0.05:0.5")
@@ -480,6 +481,7 @@ def execute_tune(spec: TuneSpec, *, progress: bool = True) -> dict[str, Any]:
     out = Path(spec.output_dir)
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out}: exists and is not a directory")
+    check_writable(out, "--output-dir")
     fixed = {item.partition("=")[0].strip(): item for item in spec.overrides}
     for key in spec.space:
         if key in fixed:
@@ -739,7 +741,9 @@ def add_tune_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--trials", "-n", type=int, help="trials this worker adds to the study (default 20)")
     parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///<output-dir>/study.db)")
     parser.add_argument("--study-name", help="study name in the storage (default tune)")
-    parser.add_argument("--output-dir", "-o", type=Path, help="tune folder: trials/, study.db, pareto.md, plots/")
+    parser.add_argument(
+        "--output-dir", "-o", type=path_flag("--output-dir"), help="tune folder: trials/, study.db, pareto.md, plots/"
+    )
     parser.add_argument(
         "--validation-fraction", type=float, help="share of the training split held out for scoring (default 0.2)"
     )
