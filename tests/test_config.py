@@ -253,6 +253,15 @@ def test_save_config_round_trip(tmp_path):
         ("eval.samples_per_pass=0", "eval.samples_per_pass"),
         ("eval.n_bins=0", "eval.n_bins"),
         ("method.name=nope", "method.name"),
+        ("train.lr=.inf", "train.lr"),
+        ("train.lr=1e40", "train.lr"),
+        ("train.warmup_ratio=.nan", "train.warmup_ratio"),
+        ("method.beta=-.inf", "method.beta"),
+        ("model.lora.alpha=.nan", "model.lora.alpha"),
+        ("eval.temperature=.inf", "eval.temperature"),
+        ("train.seed=-1", "train.seed"),
+        ("train.seed=4294967296", "train.seed"),
+        ("eval.seed=-5", "eval.seed"),
     ],
 )
 def test_invalid_hyperparameters_name_field(item, field):
@@ -272,3 +281,15 @@ def test_negative_eps_selects_softplus():
     assert config.method.parameterization.value == "softplus"
     with pytest.raises(ConfigError, match=r"method\.eps"):
         load_config(None, ["method.eps=-3", "method.std_parameterization=square"])
+
+
+def test_seed_range_ends_are_accepted():
+    assert load_config(None, ["train.seed=0"]).train.seed == 0
+    assert load_config(None, ["train.seed=4294967295"]).train.seed == 2**32 - 1
+
+
+def test_non_utf8_config_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"train:\n  lr: 0.1\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:3: not UTF-8 text"):
+        load_config(path)

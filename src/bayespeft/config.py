@@ -25,6 +25,9 @@ from .errors import ConfigError
 #: Seeds must fit numpy's and torch's seeding: 0 <= seed < 2**32.
 SEED_LIMIT = 2**32
 
+#: The largest float32: a learning rate above it cannot reach the (float32) optimiser step.
+FLOAT32_MAX = 3.4028234663852886e38
+
 #: Experiment trackers ``train.report_to`` accepts (accelerate's names) -> the pip package each needs.
 TRACKERS: dict[str, str] = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
@@ -115,7 +118,7 @@ class TrainConfig:
     tracking_project: str = "bayespeft"  # the trackers' project (tensorboard: the folder <run dir>/<project>)
 
     def validate(self) -> None:
-        _require(self.lr > 0, "train.lr", f"must be > 0 (got {self.lr})")
+        _require(0 < self.lr <= FLOAT32_MAX, "train.lr", f"must be > 0 and fit a float32 (got {self.lr})")
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1 (got {self.batch_size})")
         _require(self.max_steps >= 0, "train.max_steps", f"must be >= 0 (got {self.max_steps})")
         check_seed(self.seed, "train.seed")
