@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bayespeft.cli import main
 from bayespeft.config import load_config
-from bayespeft.training import Trainer, epoch_order
+from bayespeft.errors import RunDirError
+from bayespeft.training import Trainer, batch_loss, epoch_order
 
 
 def tiny_config(model_dir: Path, data_dir: Path, method: str = "blob", steps: int = 6, **extra: str):
@@ -153,3 +157,170 @@ def test_sigkilled_run_resumes_to_the_same_result(tmp_path, tiny_llama_dir, shar
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert log_records(tmp_path / "straight") == log_records(killed)
+
+
+# ---------------------------------------------------------------------------------- nothing lost
+
+
+def cli_flags(model_dir: Path, data_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--model",
+        str(model_dir),
+        "--method",
+        "mle",
+        "--dataset",
+        "arc_easy",
+        "--data-dir",
+        str(data_dir),
+        "--max-train-examples",
+        "24",
+        "--max-eval-examples",
+        "8",
+        "--max-seq-len",
+        "96",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--n-samples",
+        "2",
+        "--max-steps",
+        "6",
+        "--quiet",
+        *extra,
+    ]
+
+
+def run_main(capsys, argv: list[str]) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and err.strip().splitlines()[-1] == lines[0], err
+    return lines[0]
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_diverging_run_stops_and_keeps_finite_checkpoints(capsys, tmp_path, tiny_llama_dir, shared_data):
+    run = tmp_path / "run"
+    code, err = run_main(capsys, ["train", "-o", str(run), *cli_flags(tiny_llama_dir, shared_data, "--lr", "1e6")])
+    assert code == 2
+    line = error_line(err)
+    assert "step 3:" in line and "not finite" in line and "--resume --lr" in line and "last checkpoint (step 2)" in line
+    assert not (run / "metrics.json").exists() and not (run / "adapter").exists()
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-1", "checkpoint-2"]  # both kept: nothing non-finite pushed them out
+    for name in checkpoints:
+        weights = load_file(run / "checkpoints" / name / "trainable.safetensors")
+        assert all(torch.isfinite(t).all() for t in weights.values()), name
+    assert [r["step"] for r in log_records(run)] == [1, 2]
+
+
+def test_resume_after_divergence_with_a_lower_lr(capsys, monkeypatch, tmp_path, tiny_llama_dir, shared_data):
+    """A NaN loss at step 3 (injected) stops the run at checkpoint-2; --resume --lr goes on from there."""
+    run = tmp_path / "run"
+    losses = []
+
+    def nan_at_step_3(*args, **kwargs):
+        nll, scores = batch_loss(*args, **kwargs)
+        losses.append(nll)
+        return (nll * float("nan") if len(losses) == 3 else nll), scores
+
+    monkeypatch.setattr("bayespeft.training.batch_loss", nan_at_step_3)
+    code, err = run_main(capsys, ["train", "-o", str(run), *cli_flags(tiny_llama_dir, shared_data), "--lr", "0.02"])
+    assert code == 2
+    assert "step 3: nll=nan is not finite" in error_line(err) and "last checkpoint (step 2)" in error_line(err)
+    monkeypatch.undo()
+    code, err = run_main(capsys, ["train", "-o", str(run), "--resume", "--quiet", "--lr", "0.01"])
+    assert code == 0, err
+    assert load_config(run / "config.yaml").train.lr == 0.01
+    records = log_records(run)
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert records[1]["lr"] == pytest.approx(0.02 * 4 / 6)  # linear decay; logged after step 2
+    assert records[2]["lr"] == pytest.approx(0.01 * 3 / 6)  # the schedule goes on at the new rate
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert all(math.isfinite(metrics["metrics"][k]) for k in ("acc", "ece", "nll"))
+
+
+def test_resume_refuses_other_config_changes(capsys, tmp_path, tiny_llama_dir, shared_data):
+    run = tmp_path / "run"
+    code, _ = run_main(
+        capsys, ["train", "-o", str(run), *cli_flags(tiny_llama_dir, shared_data), "--stop-after-steps", "2"]
+    )
+    assert code == 0
+    before = tree(run)
+    code, err = run_main(capsys, ["train", "-o", str(run), "--resume", "--batch-size", "4"])
+    assert code == 2
+    assert "train.batch_size" in error_line(err) and "--resume" in error_line(err)
+    assert tree(run) == before
+
+
+def test_failed_overwrite_rerun_keeps_the_old_run(capsys, tmp_path, tiny_llama_dir, shared_data):
+    run = tmp_path / "run"
+    flags = cli_flags(tiny_llama_dir, shared_data)
+    assert run_main(capsys, ["train", "-o", str(run), *flags])[0] == 0
+    before = tree(run)
+    code, err = run_main(capsys, ["train", "-o", str(run), "--overwrite", *flags, "--lr", "1e6"])
+    assert code == 2 and "not finite" in error_line(err)
+    assert tree(run) == before  # metrics.json and everything else byte-identical
+    assert (tmp_path / ".run.bayespeft-new" / "checkpoints").is_dir()  # the failed rerun, beside it
+    code, err = run_main(capsys, ["train", "-o", str(run), "--overwrite", *flags, "--lr", "0.02"])
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert load_config(run / "config.yaml").train.lr == 0.02
+    assert (run / "metrics.json").read_bytes() != before["metrics.json"]
+
+
+def test_killed_overwrite_rerun_keeps_the_old_run_and_resumes(tmp_path, tiny_llama_dir, shared_data):
+    run = tmp_path / "run"
+    cli = [sys.executable, "-m", "bayespeft.cli", "train", "-o", str(run)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    flags = cli_flags(tiny_llama_dir, shared_data)
+    subprocess.run([*cli, *flags], check=True, env=env, capture_output=True)
+    before = tree(run)
+    staging = tmp_path / ".run.bayespeft-new"
+    long_run = [*flags[:-2], "40", "--quiet"]  # --max-steps 40
+    process = subprocess.Popen(
+        [*cli, "--overwrite", *long_run], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not (staging / "checkpoints" / "checkpoint-3" / "COMPLETE").exists():
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert tree(run) == before
+    subprocess.run([*cli, "--resume", "--quiet"], check=True, env=env, capture_output=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert [r["step"] for r in log_records(run)] == list(range(1, 41))
+
+
+def test_resume_drops_a_torn_log_line_and_skips_a_corrupt_checkpoint(tmp_path, tiny_llama_dir, shared_data):
+    config = tiny_config(tiny_llama_dir, shared_data, "mle")
+    straight = Trainer(config, tmp_path / "straight", progress=False).run_training()
+    run = tmp_path / "run"
+    Trainer(config, run, progress=False, stop_after_steps=4).run_training()
+    (run / "checkpoints" / "checkpoint-4" / "trainable.safetensors").write_bytes(b"not safetensors")
+    with (run / "train_log.jsonl").open("a") as handle:
+        handle.write('{"step": 5, "nll": 0.7')  # a kill while appending
+    resumed = Trainer(config, run, progress=False, resume=True).run_training()
+    assert log_records(run) == log_records(tmp_path / "straight")
+    assert resumed["metrics"] == straight["metrics"]
+
+
+def test_resume_refuses_a_finished_run_without_checkpoints(tmp_path, tiny_llama_dir, shared_data):
+    config = tiny_config(tiny_llama_dir, shared_data, "mle")
+    run = tmp_path / "run"
+    Trainer(config, run, progress=False).run_training()
+    shutil.rmtree(run / "checkpoints")
+    before = tree(run)
+    with pytest.raises(RunDirError, match=r"has finished.*no checkpoint.*--overwrite"):
+        Trainer(config, run, progress=False, resume=True)
+    assert tree(run) == before
