@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .compare import add_compare_parser, run_compare
+from .data.records import SPLITS
 from .errors import BayesPeftError, ConfigError
 from .report import add_report_parser, run_report
 from .rundir import check_writable, path_flag
@@ -337,7 +338,11 @@ def _ood(args: argparse.Namespace) -> int:
     for (dataset, split), out in zip(targets, outs, strict=True):
         data = dataclasses.replace(config.data, dataset=dataset, eval_split=split)
         target = dataclasses.replace(config, data=data)
-        jobs.append((target, load_examples(target, split, data.max_eval_examples), out))
+        try:
+            examples = load_examples(target, split, data.max_eval_examples)
+        except ConfigError as exc:
+            raise ConfigError(f"--datasets: {exc}") from None
+        jobs.append((target, examples, out))
     session = _trained_session(run, config)
     saved = read_json(run.metrics)
     trained = load_config(run.config)
@@ -459,6 +464,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     run, config = run_config_of(args)
     check_writable(run.root, "--run-dir")
+    if args.fit_split not in SPLITS:
+        raise ConfigError(f"--fit-split: unknown split {args.fit_split!r} (choose one of {', '.join(SPLITS)})")
     examples = fit_examples(config, args.fit_split, args.fit_offset, args.max_fit_examples)
     session = _trained_session(run, config)
     payload = calibrate_temperature(session, config, examples, args.fit_split, args.fit_offset, not args.quiet)

@@ -314,6 +314,7 @@ def build_dataclass(cls: type, raw: dict[str, Any], prefix: str, source: str, sk
 
 
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_NON_FINITE_TEXT = re.compile(r"[-+]?(inf|infinity|nan)")  # what float() accepts but a config must not
 
 
 def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
@@ -342,6 +343,8 @@ def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
         if not math.isfinite(value):
             raise ConfigError(f"{source}: {name} must be a finite number (got {value!r})")
         return float(value)
+    if hint is float and isinstance(value, str) and _NON_FINITE_TEXT.fullmatch(value.strip().lower()):
+        raise ConfigError(f"{source}: {name} must be a finite number (got {value!r})")
     if hint is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
         return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
     if hint is int and isinstance(value, int) and not isinstance(value, bool):

@@ -71,7 +71,7 @@ def path_flag(flag: str) -> Callable[[str], Path]:
 
     def parse(text: str) -> Path:
         if not text.strip():
-            raise ConfigError(f"{flag}: empty path (an unset variable?); name a folder, e.g. {flag} runs/x")
+            raise ConfigError(f"{flag}: empty path (an unset variable?); give a path")
         return Path(text)
 
     parse.__name__ = "path"
@@ -142,12 +142,17 @@ class RunDir:
     @property
     def staging(self) -> RunDir:
         """Where a rerun with ``--overwrite`` is built until it finishes."""
-        return RunDir(self.root.with_name(f".{self.root.name}.bayespeft-new"))
+        return RunDir(self._sibling("new"))
 
     @property
     def _retired(self) -> Path:
         """Where the old run waits during the swap, until it is removed."""
-        return self.root.with_name(f".{self.root.name}.bayespeft-old")
+        return self._sibling("old")
+
+    def _sibling(self, suffix: str) -> Path:
+        """``.<name>.bayespeft-<suffix>`` beside the folder (``.`` and ``..`` made absolute first)."""
+        root = Path(os.path.abspath(self.root))
+        return root.with_name(f".{root.name}.bayespeft-{suffix}")
 
     def eval_dir(self, name: str, flag: str = "--name") -> Path:
         """``eval/<name>``; ``name`` must be a plain name so that results stay inside the run."""
