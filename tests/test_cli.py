@@ -376,3 +376,33 @@ def test_version_subprocess():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"bayespeft {__version__}"
+
+
+def test_non_finite_predictions_are_a_one_line_error():
+    import torch
+
+    from bayespeft.errors import NumericalError
+    from bayespeft.evaluation import check_finite
+
+    probs = torch.full((3, 2, 4), 0.25)
+    check_finite(probs, "predicted probabilities")
+    probs[1, 0, 2] = float("nan")
+    with pytest.raises(NumericalError, match="1 of 3 examples are NaN or infinite") as info:
+        check_finite(probs, "predicted probabilities")
+    assert "\n" not in str(info.value)
+
+
+def test_paused_overwrite_rerun_names_the_run_not_the_staging(capsys, tmp_path, tiny_llama_dir, shared_data):
+    out = tmp_path / "run"
+    flags = ["--model", str(tiny_llama_dir), "--method", "mle", "--data-dir", str(shared_data), "-q"]
+    flags += ["--max-train-examples", "8", "--max-eval-examples", "4", "--max-seq-len", "96", "--batch-size", "2"]
+    flags += ["--max-steps", "4", "--checkpoint-every", "1", "--n-samples", "1"]
+    assert main(["train", "-o", str(out), *flags]) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(["train", "-o", str(out), "--overwrite", *flags, "--stop-after-steps", "2"]) == 0
+    assert f"bayespeft train -o {out} --resume" in capsys.readouterr().out
+    assert snapshot(out) == before
+    assert main(["train", "-o", str(out), "--resume", "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert snapshot(out) != before

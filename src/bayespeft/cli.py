@@ -236,7 +236,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     payload = trainer.run_training()
     if payload["status"] == "paused":
-        print(f"stopped after step {payload['step']}; continue with: bayespeft train -o {trainer.run.root} --resume")
+        print(f"stopped after step {payload['step']}; continue with: bayespeft train -o {trainer.target.root} --resume")
     else:
         _print_scores(payload, trainer.run.root)
     return 0
