@@ -324,3 +324,74 @@ def test_resume_refuses_a_finished_run_without_checkpoints(tmp_path, tiny_llama_
     with pytest.raises(RunDirError, match=r"has finished.*no checkpoint.*--overwrite"):
         Trainer(config, run, progress=False, resume=True)
     assert tree(run) == before
+
+
+@pytest.mark.parametrize(("method", "n_samples"), [("blob", 0), ("blob", 2), ("mle", 0)])
+def test_eval_every_logs_what_evaluating_the_checkpoint_gives(tmp_path, tiny_llama_dir, shared_data, method, n_samples):
+    """Held-out scores logged at steps 2, 4, 6 equal a separate `evaluate --checkpoint` of those steps."""
+    from bayespeft.cli import main
+
+    config = tiny_config(
+        tiny_llama_dir,
+        shared_data,
+        method,
+        **{"train.eval_every": "2", "train.eval_n_samples": str(n_samples), "train.keep_checkpoints": "3"},
+    )
+    run = tmp_path / "run"
+    Trainer(config, run, progress=False).run_training()
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval_nll" in r] == [2, 4, 6]
+    assert all({"eval_acc", "eval_ece", "eval_nll", "eval_brier"} <= r.keys() for r in records if r["step"] % 2 == 0)
+    for step in (2, 4):
+        name = f"step{step}"
+        assert main(["evaluate", "--run-dir", str(run), "--checkpoint", str(step), "--n-samples", str(n_samples),
+                     "--name", name, "--quiet"]) == 0  # fmt: skip
+        scores = json.loads((run / "eval" / name / "metrics.json").read_text())["metrics"]
+        logged = records[step - 1]
+        for key in ("acc", "ece", "nll", "brier"):
+            assert logged[f"eval_{key}"] == pytest.approx(scores[key], abs=1e-6), (step, key)
+    assert records[1]["eval_nll"] != records[3]["eval_nll"]  # the weights moved between the evaluations
+
+
+def test_eval_every_leaves_training_unchanged(tmp_path, tiny_llama_dir, shared_data):
+    """Evaluating during training (here with posterior draws) does not disturb the training RNG or weights."""
+    plain = tiny_config(tiny_llama_dir, shared_data, "blob")
+    watched = tiny_config(tiny_llama_dir, shared_data, "blob", **{"train.eval_every": "3", "train.eval_n_samples": "2"})
+    Trainer(plain, tmp_path / "plain", progress=False).run_training()
+    Trainer(watched, tmp_path / "watched", progress=False).run_training()
+    a, b = adapter_tensors(tmp_path / "plain"), adapter_tensors(tmp_path / "watched")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_early_stopping_keeps_the_best_heldout_weights(tmp_path, tiny_llama_dir, shared_data):
+    """A learning rate that wrecks the model: training stops once the held-out NLL stops falling, and the
+    final evaluation (posterior mean) is that of the best evaluated step."""
+    extra = {
+        "train.eval_every": "1",
+        "train.early_stopping_patience": "2",
+        "train.max_steps": "12",
+        "train.lr": "3.0",
+        "eval.n_samples": "0",
+    }
+    run = tmp_path / "run"
+    payload = Trainer(tiny_config(tiny_llama_dir, shared_data, "mle", **extra), run, progress=False).run_training()
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    stop = payload["train"]["early_stopping"]
+    best = min(records, key=lambda r: r["eval_nll"])
+    assert stop["stopped_at_step"] == records[-1]["step"] < 12
+    assert stop["best_step"] == best["step"] == stop["stopped_at_step"] - 2
+    assert payload["metrics"]["nll"] == pytest.approx(best["eval_nll"], abs=1e-6)
+
+
+def test_an_evaluation_split_overlapping_the_training_data_is_refused(tmp_path, tiny_llama_dir, shared_data, capsys):
+    from bayespeft.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "-o", str(run), "--quiet", "--model", str(tiny_llama_dir), "--dataset", "arc_easy",
+            "--data-dir", str(shared_data), "--max-train-examples", "24", "--eval-split", "train",
+            "--max-eval-examples", "8", "--max-steps", "2"]  # fmt: skip
+    assert main(args) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error: data.eval_split: 8 of the 8 evaluation examples are also training examples")
+    assert len(message.splitlines()) == 1
+    assert not run.exists()

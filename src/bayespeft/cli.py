@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", help="results folder under <run-dir>/eval, a plain name (default: dataset_split_nN)"
     )
     evaluate.add_argument("--overwrite", action="store_true", help="replace earlier results of the same name")
+    evaluate.add_argument(
+        "--checkpoint", type=int, metavar="STEP", help="evaluate the weights of checkpoints/checkpoint-STEP"
+    )
     add_config_flags(evaluate)
 
     calibrate = sub.add_parser("calibrate", help="fit a post-hoc temperature on held-out data (any method)")
@@ -274,9 +277,29 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     examples = load_examples(config, config.data.eval_split, config.data.max_eval_examples)
     session = _trained_session(run, config)
-    payload = _evaluate_into(session, config, examples, out, not args.quiet)
+    extra = None
+    if args.checkpoint is not None:
+        _load_checkpoint_weights(session, run, args.checkpoint)
+        extra = {"checkpoint_step": args.checkpoint}
+    payload = _evaluate_into(session, config, examples, out, not args.quiet, extra)
     _print_scores(payload, out)
     return 0
+
+
+def _load_checkpoint_weights(session, run, step: int) -> None:
+    """Replace the adapter's trained weights by those of a training checkpoint (trained methods only)."""
+    from .checkpoint import load_training_checkpoint
+    from .methods import Method
+    from .training import restore_trainable
+
+    if type(session.method).fit_posthoc is not Method.fit_posthoc:
+        raise ConfigError(f"--checkpoint: {session.method.name} is fitted after training; evaluate its final adapter")
+    directory = run.checkpoints / f"checkpoint-{step}"
+    if not directory.is_dir():
+        raise ConfigError(
+            f"--checkpoint: {directory} does not exist (checkpoints are kept every train.checkpoint_every)"
+        )
+    restore_trainable(session.model, load_training_checkpoint(directory).trainable, directory)
 
 
 def _result_name(dataset: str, split: str, n_samples: int) -> str:

@@ -116,6 +116,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     report_to: list[str] = field(default_factory=list)  # experiment trackers (TRACKERS); [] = no tracking
     tracking_project: str = "bayespeft"  # the trackers' project (tensorboard: the folder <run dir>/<project>)
+    eval_every: int = 0  # evaluate on held-out data every k steps (0 = only at the end), as HF's eval_steps
+    eval_n_samples: int = 0  # posterior draws of those evaluations (0 = posterior mean, the fast choice)
+    eval_max_examples: int | None = None  # the first N evaluation examples (None: all of data.eval_split's)
+    early_stopping_patience: int = 0  # stop after this many evaluations without a lower held-out NLL (0 = off)
 
     def validate(self) -> None:
         _require(0 < self.lr <= FLOAT32_MAX, "train.lr", f"must be > 0 and fit a float32 (got {self.lr})")
@@ -151,6 +155,23 @@ class TrainConfig:
             f"lists a tracker twice (got {self.report_to})",
         )
         _require(bool(self.tracking_project.strip()), "train.tracking_project", "must not be empty")
+        _require(self.eval_every >= 0, "train.eval_every", f"must be >= 0 (got {self.eval_every}); 0 = off")
+        _require(self.eval_n_samples >= 0, "train.eval_n_samples", f"must be >= 0 (got {self.eval_n_samples})")
+        _require(
+            self.eval_max_examples is None or self.eval_max_examples >= 1,
+            "train.eval_max_examples",
+            f"must be >= 1 or null (got {self.eval_max_examples})",
+        )
+        _require(
+            self.early_stopping_patience >= 0,
+            "train.early_stopping_patience",
+            f"must be >= 0 (got {self.early_stopping_patience}); 0 = off",
+        )
+        _require(
+            self.early_stopping_patience == 0 or self.eval_every > 0,
+            "train.early_stopping_patience",
+            "needs train.eval_every > 0 (early stopping watches the held-out NLL of those evaluations)",
+        )
 
 
 @dataclass

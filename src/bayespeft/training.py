@@ -7,6 +7,7 @@ step, so a killed run resumed with ``--resume`` ends exactly where an uninterrup
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -29,9 +30,11 @@ from .backbones import PEFT_TASK_TYPES, load_backbone, lora_targets, resolve_mod
 from .checkpoint import (
     TrainingCheckpoint,
     list_checkpoints,
+    load_tensors,
     load_training_checkpoint,
     prune_checkpoints,
     restore_rng_state,
+    save_tensors_atomic,
     save_training_checkpoint,
     write_json_atomic,
     write_text_atomic,
@@ -59,6 +62,10 @@ logger = logging.getLogger("bayespeft")
 
 #: Config keys a resumed run may change (e.g. a lower learning rate after a diverged run).
 RESUME_CHANGES = ("train.lr",)
+#: Held-out scores logged by the evaluations during training, as ``eval_<name>`` in train_log.jsonl.
+HELDOUT_SCORES = ("acc", "ece", "nll", "brier")
+#: The best held-out weights while early stopping watches the held-out NLL (under checkpoints/).
+BEST_WEIGHTS = "best_eval.safetensors"
 
 
 @dataclass
@@ -274,6 +281,8 @@ class Trainer:
         eval_examples = self.eval_examples
         if eval_examples is None:
             eval_examples = load_examples(config, config.data.eval_split, config.data.max_eval_examples)
+        check_disjoint(train_examples, eval_examples)
+        heldout = eval_examples[: config.train.eval_max_examples] if config.train.eval_every else []
         session = build_session(config, self._acc)
         acc, method, model, task = session.accelerator, session.method, session.model, session.task
         encoded = task.encode(train_examples)
@@ -311,7 +320,12 @@ class Trainer:
         end_step = config.train.max_steps
         if self.stop_after_steps is not None:
             end_step = min(end_step, start_step + self.stop_after_steps)
-        step_times = self._loop(model, method, task, encoded, optimization, context, start_step, end_step)
+        step_times, stopped_at = self._loop(
+            model, method, task, encoded, optimization, context, start_step, end_step, heldout
+        )
+        if stopped_at is not None:
+            optimization.info["early_stopping"] = self._restore_best(model, stopped_at)
+            end_step = config.train.max_steps  # finished: the best held-out weights go on to the final evaluation
         acc.wait_for_everyone()
         if end_step >= config.train.max_steps:  # post-hoc methods (curvature, noise scale) fit now
             optimization.info.update(method.fit_posthoc(model, task, train_examples, config, acc))
@@ -336,9 +350,17 @@ class Trainer:
         context: TrainingContext,
         start_step: int,
         end_step: int,
-    ) -> list[float]:
+        heldout: list[Example],
+    ) -> tuple[list[float], int | None]:
+        """Optimise from ``start_step`` to ``end_step``, evaluating on ``heldout`` every ``train.eval_every``
+        steps; returns the step times and the step at which early stopping ended training (None if it did not)."""
         acc, train = self._acc, self.config.train
         model.train()
+        watch = (
+            _EarlyStopping(train.early_stopping_patience, self._log_records())
+            if train.early_stopping_patience
+            else None
+        )
         step_times: list[float] = []
         log_lines: list[str] = []
         bar = tqdm(
@@ -376,15 +398,63 @@ class Trainer:
                 **batch_scores,
                 "step_time_s": step_times[-1],
             }
+            stop = False
+            if train.eval_every and (step + 1) % train.eval_every == 0:
+                scores = self._evaluate_heldout(model, method, task, heldout)
+                record.update({f"eval_{name}": scores[name] for name in HELDOUT_SCORES})
+                if watch is not None:
+                    improved, stop = watch.update(step + 1, scores["nll"])
+                    if improved:
+                        self._save_best(model)
             log_lines.append(json.dumps(record))
             acc.log(_scalars(record), step=step + 1)
             bar.update(1)
             bar.set_postfix(nll=f"{record['nll']:.3f}", **({"pi": f"{record['pi']:.2g}"} if "pi" in record else {}))
-            if (step + 1) % train.checkpoint_every == 0 or step + 1 == end_step:
+            if (step + 1) % train.checkpoint_every == 0 or step + 1 == end_step or stop:
                 self._flush_log(log_lines)
                 self._checkpoint(model, optimization, step + 1, epoch)
+            if stop:
+                logger.info(
+                    "early stopping at step %d: held-out NLL has not improved for %d evaluations (best at step %d)",
+                    step + 1,
+                    train.early_stopping_patience,
+                    watch.best_step,
+                )
+                bar.close()
+                return step_times, step + 1
         bar.close()
-        return step_times
+        return step_times, None
+
+    # ---- held-out evaluation during training ------------------------------------------------------
+    def _evaluate_heldout(self, model, method: Method, task: Task, heldout: list[Example]) -> dict[str, float]:
+        """Scores on the held-out examples with ``train.eval_n_samples`` draws; the training RNG is left as it was."""
+        config = dataclasses.replace(self.config.eval, n_samples=self.config.train.eval_n_samples)
+        with torch.random.fork_rng(devices=[]):
+            scores = evaluate(model, method, task, heldout, config, self._acc, progress=False)
+        model.train()
+        return scores
+
+    def _log_records(self) -> list[dict[str, Any]]:
+        """The records of train_log.jsonl so far (a resumed run's, already truncated to its checkpoint)."""
+        if not self.run.train_log.is_file():
+            return []
+        return [json.loads(line) for line in self.run.train_log.read_text().splitlines() if line.strip()]
+
+    def _save_best(self, model) -> None:
+        if self._acc.is_main_process:
+            self.run.checkpoints.mkdir(parents=True, exist_ok=True)
+            save_tensors_atomic(self.run.checkpoints / BEST_WEIGHTS, self._trainable(model))
+
+    def _restore_best(self, model, stopped_at: int) -> dict[str, Any]:
+        """Load the weights of the best held-out NLL back into the model (every process reads the same file)."""
+        self._acc.wait_for_everyone()
+        restore_trainable(
+            self._acc.unwrap_model(model), load_tensors(self.run.checkpoints / BEST_WEIGHTS), BEST_WEIGHTS
+        )
+        best = min(
+            (r for r in self._log_records() if "eval_nll" in r and r["step"] <= stopped_at), key=lambda r: r["eval_nll"]
+        )
+        return {"stopped_at_step": stopped_at, "best_step": best["step"], "best_eval_nll": best["eval_nll"]}
 
     def _diverged(self, step: int, what: str) -> str:
         """The one-line error of a non-finite step: where training stopped and how to go on."""
@@ -435,13 +505,7 @@ class Trainer:
         fresh = {
             name: [g.get("initial_lr", g["lr"]) for g in o.param_groups] for name, o in optimization.optimizers.items()
         }
-        params = dict(self._acc.unwrap_model(model).named_parameters())
-        missing = set(self._trainable(model)) - set(checkpoint.trainable)
-        if missing:
-            raise RunDirError(f"{latest}: checkpoint lacks {sorted(missing)[0]} (different method or model?)")
-        with torch.no_grad():
-            for name, tensor in checkpoint.trainable.items():
-                params[name].copy_(tensor)
+        restore_trainable(self._acc.unwrap_model(model), checkpoint.trainable, latest)
         for name, optimizer in optimization.optimizers.items():
             optimizer.load_state_dict(checkpoint.optimizers[name])
         for name, scheduler in optimization.schedulers.items():
@@ -577,6 +641,48 @@ def _set_learning_rates(optimization: Optimization, fresh: dict[str, list[float]
                 group["initial_lr"] = lr
             if scheduler is not None:
                 scheduler.base_lrs[index] = lr
+
+
+class _EarlyStopping:
+    """Counts evaluations since the lowest held-out NLL; a resumed run rebuilds the count from its log."""
+
+    def __init__(self, patience: int, records: list[dict[str, Any]]) -> None:
+        self.patience, self.best_nll, self.best_step, self.since_best = patience, math.inf, 0, 0
+        for record in records:
+            if "eval_nll" in record:
+                self.update(record["step"], record["eval_nll"])
+
+    def update(self, step: int, nll: float) -> tuple[bool, bool]:
+        """Record one evaluation: (whether it is the new best, whether training should stop)."""
+        improved = nll < self.best_nll
+        if improved:
+            self.best_nll, self.best_step, self.since_best = nll, step, 0
+        else:
+            self.since_best += 1
+        return improved, self.since_best >= self.patience
+
+
+def restore_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Copy saved trainable tensors (a checkpoint's) into ``model``; every trainable one must be there."""
+    params = dict(model.named_parameters())
+    trainable = {name for name, p in params.items() if p.requires_grad}
+    missing = trainable - set(tensors)
+    if missing:
+        raise RunDirError(f"{source}: checkpoint lacks {sorted(missing)[0]} (different method or model?)")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
+
+
+def check_disjoint(train_examples: list[Example], eval_examples: list[Example]) -> None:
+    """Refuse held-out examples that are also training examples (same dataset and id)."""
+    seen = {(ex.dataset, ex.uid) for ex in train_examples}
+    shared = [ex for ex in eval_examples if (ex.dataset, ex.uid) in seen]
+    if shared:
+        raise DataError(
+            f"data.eval_split: {len(shared)} of the {len(eval_examples)} evaluation examples are also training "
+            f"examples (e.g. {shared[0].dataset}:{shared[0].uid}); evaluate on held-out data"
+        )
 
 
 def batch_loss(

@@ -437,6 +437,8 @@ def test_hub_winogrande(hub: dict) -> None:
         "winogrande_m",
         stem="Question: A beat B so _ won.\nAnswer:",
         choices=("A", "B"),
+        cloze_contexts=("A beat B so A", "A beat B so B"),
+        cloze_continuation=" won.",
     )
     with pytest.raises(ConfigError, match="available: train, validation"):
         load_mc_dataset("winogrande_m", "test")

@@ -77,3 +77,26 @@ def test_examples_without_choice_texts_and_unknown_scoring_are_refused(model_and
         task.encode([MCExample("q9", "p", ("A", "B"), 0, "toy")])
     with pytest.raises(ConfigError, match=r"data\.mc_scoring"):
         DataConfig(mc_scoring="logits").validate()
+
+
+def test_winogrande_cloze_scores_the_continuation_after_each_filled_blank(model_and_task, shared_data):
+    """The standard partial scoring: context = sentence up to the blank filled with the option; the logit
+    is the mean log-prob of the rest of the sentence after it (the same tokens for both options)."""
+    from bayespeft.data.multiple_choice import load_mc_dataset
+
+    model, tokenizer, task = model_and_task
+    (example,) = load_mc_dataset("winogrande_s", "validation", shared_data, limit=1)
+    assert example.cloze_contexts == (
+        "Sarah was a much better surgeon than Maria so Sarah",
+        "Sarah was a much better surgeon than Maria so Maria",
+    )
+    assert example.cloze_continuation == " always got the easier cases."
+    encoded = task.encode([example])
+    batch = task.collate(encoded)
+    with torch.no_grad():
+        logits = task.class_logits(model, batch)
+    continuation = tokenizer(example.cloze_continuation, add_special_tokens=False)["input_ids"]
+    assert encoded[0].choice_lengths == [len(continuation)] * 2
+    for k, context in enumerate(example.cloze_contexts):
+        expected = mean_choice_log_prob(model, tokenizer, context, example.cloze_continuation[1:])
+        assert logits[0, k].item() == pytest.approx(expected, abs=1e-4)

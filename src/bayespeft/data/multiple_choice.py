@@ -119,6 +119,9 @@ class MCExample:
     next-token logits for them give the class scores, and ``label`` indexes the gold one.
     ``stem`` (the prompt without the lettered choices) and ``choices`` serve cloze scoring.
     ``true_labels`` indexes every true choice where several are (TruthfulQA MC2; empty elsewhere).
+    ``cloze_contexts`` and ``cloze_continuation`` replace stem + choice for cloze scoring where the choice
+    sits inside the text (WinoGrande): each context (the text up to the blank, filled with one choice) is
+    followed by the same continuation (the rest of the sentence), whose log-probability is compared.
     """
 
     uid: str
@@ -129,6 +132,8 @@ class MCExample:
     stem: str = ""
     choices: tuple[str, ...] = ()
     true_labels: tuple[int, ...] = ()
+    cloze_contexts: tuple[str, ...] = ()
+    cloze_continuation: str = ""
 
 
 class _Request(NamedTuple):
@@ -228,16 +233,29 @@ def _obqa_file_row(row: Mapping[str, Any], dataset: str, uid: str) -> MCExample:
 
 
 def _winogrande_row(row: Mapping[str, Any], dataset: str, uid: str) -> MCExample:
-    """WinoGrande (release JSONL and hub): ``{qID?, sentence, option1, option2, answer "1"/"2"}``."""
+    """WinoGrande (release JSONL and hub): ``{qID?, sentence, option1, option2, answer "1"/"2"}``.
+
+    Cloze scoring is the standard partial scoring (as lm-evaluation-harness): the blank ``_`` filled
+    with each option is the context, and the rest of the sentence is the scored continuation.
+    """
     options = [text(row, "option1"), text(row, "option2")]
+    sentence = text(row, "sentence")
+    if sentence.count("_") != 1:
+        raise BadRow(f"field 'sentence' must hold exactly one blank '_' (got {sentence.count('_')})")
     row_id = row.get("qID")
-    return _qa_example(
+    example = _qa_example(
         dataset,
         row_id.strip() if isinstance(row_id, str) and row_id.strip() else uid,
-        text(row, "sentence"),
+        sentence,
         options,
         ("1", "2"),
         text(row, "answer"),
+    )
+    before, after = sentence.split("_")
+    return replace(
+        example,
+        cloze_contexts=tuple(before + option for option in options),
+        cloze_continuation=" " + after.strip(),
     )
 
 

@@ -122,27 +122,38 @@ class EncodedClozeExample:
 class ClozeMultipleChoiceTask(MultipleChoiceTask):
     """Scores each choice text appended to the question; class logit = mean log-prob of its tokens.
 
-    Rows are left padded, so every choice ends at the last position and the vocabulary projection
-    runs only on the last (longest choice + 1) positions (``logits_to_keep``).
+    Where the choice fills a blank inside the text (``cloze_contexts``, WinoGrande), each filled context
+    is scored instead by the mean log-prob of the shared continuation after it. Rows are left padded, so
+    every scored span ends at the last position and the vocabulary projection runs only on the last
+    (longest span + 1) positions (``logits_to_keep``).
     """
 
     def encode(self, examples: Sequence[MCExample]) -> list[EncodedClozeExample]:
-        """Tokenise stem and choices separately; over-long stems lose their beginning, choices are kept whole."""
+        """Tokenise context and scored text separately; over-long contexts lose their beginning, scored texts
+        are kept whole (up to half the length limit)."""
         self.answer_labels = sorted({lab for ex in examples for lab in ex.answer_labels}, key=lambda s: (len(s), s))
         encoded = []
         for index, ex in enumerate(examples):
-            if not ex.choices or not ex.stem:
-                raise DataError(f"{ex.dataset}:{ex.uid}: no choice texts to score (use data.mc_scoring=letter)")
-            stem = self.tokenizer(ex.stem, add_special_tokens=True)["input_ids"]
+            pairs = self._scored_pairs(ex)
             rows, lengths = [], []
-            for choice in ex.choices:
-                tokens = self.tokenizer(f" {choice}", add_special_tokens=False)["input_ids"][: self.max_length // 2]
+            for context, scored in pairs:
+                context_ids = self.tokenizer(context, add_special_tokens=True)["input_ids"]
+                tokens = self.tokenizer(scored, add_special_tokens=False)["input_ids"][: self.max_length // 2]
                 if not tokens:
-                    raise DataError(f"{ex.dataset}:{ex.uid}: choice {choice!r} tokenises to nothing")
-                rows.append(stem[-(self.max_length - len(tokens)) :] + tokens)
+                    raise DataError(f"{ex.dataset}:{ex.uid}: scored text {scored!r} tokenises to nothing")
+                rows.append(context_ids[-(self.max_length - len(tokens)) :] + tokens)
                 lengths.append(len(tokens))
-            encoded.append(EncodedClozeExample(rows, lengths, ex.label, len(ex.choices), index))
+            encoded.append(EncodedClozeExample(rows, lengths, ex.label, len(pairs), index))
         return encoded
+
+    @staticmethod
+    def _scored_pairs(ex: MCExample) -> list[tuple[str, str]]:
+        """(context, scored text) per choice: the filled blank and the continuation, or the stem and the choice."""
+        if ex.cloze_contexts:
+            return [(context, ex.cloze_continuation) for context in ex.cloze_contexts]
+        if not ex.choices or not ex.stem:
+            raise DataError(f"{ex.dataset}:{ex.uid}: no choice texts to score (use data.mc_scoring=letter)")
+        return [(ex.stem, f" {choice}") for choice in ex.choices]
 
     def collate(self, items: Sequence[EncodedClozeExample]) -> dict[str, torch.Tensor]:
         """Left-padded rows of every choice of every question (question-major), with their scoring slots."""

@@ -1,0 +1,538 @@
+"""The calibration study (issue 12): does a Bayesian adapter calibrate where plain LoRA over-fits?
+
+Small training sets seen for many epochs, every method, several seeds, held-out evaluation with N = 10.
+The grid is ``configs/study/calibration.yaml``; each (backbone, dataset, seed) is one ``bayespeft compare``
+of the methods (post-hoc ones start from that seed's MLE run, the temperature is fitted on training
+examples MLE never saw). Finished runs are recorded in the committed
+``benchmarks/results/calibration_study.json`` (key ``runs``: one record per run, with its held-out curve)
+and their predictions in ``calibration_study_predictions.json.gz`` beside it, so the study continues
+across sessions and machines: ``run`` skips every (backbone, dataset, seed) whose methods are all
+recorded, and re-running a killed ``compare`` resumes its unfinished runs.
+
+    python benchmarks/calibration_study.py run --backbone minilm-l6 --jobs 1      # run what is missing
+    python benchmarks/calibration_study.py collect                                # record finished runs
+    python benchmarks/calibration_study.py report --figures docs/figures          # tables + figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import fmean, pstdev
+from typing import Any
+
+import torch
+import yaml
+
+from bayespeft.checkpoint import write_json_atomic
+from bayespeft.methods import method_config_class, method_names
+from bayespeft.metrics.classification import (
+    accuracy,
+    brier_score,
+    expected_calibration_error,
+    negative_log_likelihood,
+    reliability_bins,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "configs" / "study" / "calibration.yaml"
+RESULTS = ROOT / "benchmarks" / "results" / "calibration_study.json"
+PREDICTIONS = "calibration_study_predictions.json.gz"  # beside the results JSON
+METRICS = {"acc": accuracy, "ece": expected_calibration_error, "nll": negative_log_likelihood, "brier": brier_score}
+SCORES = ("acc", "ece", "nll", "brier", "entropy", "mutual_information", "f1", "mcc")
+REFERENCE = "mle"
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One `bayespeft compare` call: the methods of one backbone, dataset and seed."""
+
+    backbone: str
+    dataset: str
+    seed: int
+    methods: tuple[str, ...]
+    overrides: tuple[str, ...]
+    epochs: int
+    train_examples: int
+    steps: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}/{self.dataset}/seed{self.seed}"
+
+
+def load_spec(path: Path = SPEC) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def plan(spec: dict[str, Any], backbones: Iterable[str], datasets: set[str] | None, data_dir: str) -> list[Unit]:
+    """Every unit of the grid for ``backbones`` (and ``datasets`` if given), seeds outermost."""
+    units = []
+    for backbone in backbones:
+        grid = spec["backbones"][backbone]
+        per_epoch = grid["train_examples"] // _batch_size(grid["overrides"])
+        steps = grid["epochs"] * per_epoch
+        for seed in grid["seeds"]:
+            seeds_for = grid.get("seeds_for")  # per method; the others run the first seed only
+            methods = tuple(
+                m for m in spec["methods"] if seeds_for is None or seed in seeds_for.get(m, grid["seeds"][:1])
+            )
+            for dataset, extra in grid["datasets"].items():
+                if datasets and dataset not in datasets:
+                    continue
+                overrides = (
+                    *applicable(grid["overrides"], methods),
+                    *extra,
+                    f"data.data_dir={data_dir}",
+                    f"data.max_train_examples={grid['train_examples']}",
+                    f"train.max_steps={steps}",
+                    f"train.eval_every={grid['eval_every_epochs'] * per_epoch}",
+                    f"train.checkpoint_every={per_epoch * 5}",
+                )
+                units.append(
+                    Unit(backbone, dataset, seed, methods, overrides, grid["epochs"], grid["train_examples"], steps)
+                )
+    return units
+
+
+def applicable(overrides: Iterable[str], methods: Iterable[str]) -> list[str]:
+    """The overrides minus ``method.<param>=...`` ones that none of ``methods`` has (compare refuses those)."""
+    params = set()
+    for method in methods:
+        if method in method_names():
+            params |= {f.name for f in dataclasses.fields(method_config_class(method))}
+    return [o for o in overrides if not o.startswith("method.") or o.split("=", 1)[0].split(".", 1)[1] in params]
+
+
+def _batch_size(overrides: Iterable[str]) -> int:
+    sizes = [int(item.split("=", 1)[1]) for item in overrides if item.startswith("train.batch_size=")]
+    if not sizes:
+        raise SystemExit(f"{SPEC}: every backbone needs a train.batch_size override")
+    return sizes[-1]
+
+
+def compare_command(unit: Unit, work: Path) -> list[str]:
+    return [
+        "compare",
+        "--methods",
+        ",".join(unit.methods),
+        "--datasets",
+        unit.dataset,
+        "--seeds",
+        str(unit.seed),
+        "-c",
+        "configs/base.yaml",
+        "-o",
+        str(unit_dir(unit, work)),
+        "--quiet",
+        *unit.overrides,
+    ]
+
+
+def unit_dir(unit: Unit, work: Path) -> Path:
+    return work / unit.backbone / unit.dataset / f"seed{unit.seed}"
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return {"spec": str(SPEC.relative_to(ROOT)), "runs": []}
+
+
+def load_predictions_store(path: Path) -> dict[str, Any]:
+    if path.is_file():
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            return json.load(handle)
+    return {}
+
+
+def save_predictions_store(path: Path, store: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as handle:
+        json.dump(store, handle, separators=(",", ":"), sort_keys=True)
+    os.replace(tmp, path)
+
+
+def run_key(backbone: str, dataset: str, method: str, seed: int) -> str:
+    return f"{backbone}/{dataset}/{method}/{seed}"
+
+
+def record_unit(unit: Unit, work: Path, results_path: Path, device: str) -> list[str]:
+    """Record every finished run of ``unit`` not yet in the results; returns the methods recorded now."""
+    recorded = []
+    with _lock:
+        results = load_results(results_path)
+        store = load_predictions_store(results_path.with_name(PREDICTIONS))
+        have = {run_key(r["backbone"], r["dataset"], r["method"], r["seed"]) for r in results["runs"]}
+        for method in unit.methods:
+            key = run_key(unit.backbone, unit.dataset, method, unit.seed)
+            run_dir = unit_dir(unit, work) / "runs" / f"method={method}__data={unit.dataset}__seed={unit.seed}"
+            if key in have or not (run_dir / "metrics.json").is_file():
+                continue
+            record, predictions = run_record(unit, method, run_dir, work, device)
+            results["runs"].append(record)
+            store[key] = predictions
+            recorded.append(method)
+        if recorded:
+            results["runs"].sort(key=lambda r: (r["backbone"], r["dataset"], r["method"], r["seed"]))
+            save_predictions_store(results_path.with_name(PREDICTIONS), store)
+            write_json_atomic(results_path, results)
+    return recorded
+
+
+def run_record(unit: Unit, method: str, run_dir: Path, work: Path, device: str) -> tuple[dict, dict]:
+    """The results record of one finished run and its per-example predictions (mean predictive)."""
+    payload = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics = payload["metrics"]
+    lines = (run_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    log = run_dir / "train_log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    per_epoch = unit.train_examples // _batch_size(unit.overrides)
+    last_epoch = [r["nll"] for r in records[-per_epoch:]]
+    trained = method not in ("laplace", "tfb", "temperature")
+    record = {
+        "backbone": unit.backbone,
+        "dataset": unit.dataset,
+        "method": method,
+        "seed": unit.seed,
+        **{k: metrics[k] for k in SCORES if k in metrics},
+        "epochs": unit.epochs if trained else 0,
+        "steps": unit.steps if trained else 0,
+        "train_examples": unit.train_examples,
+        "eval_examples": metrics["num_examples"],
+        "eval_split": payload["split"],
+        "n_samples": payload["n_samples"],
+        "temperature": metrics.get("temperature"),
+        "train_nll_last_epoch": fmean(last_epoch) if last_epoch else None,
+        "heldout_curve": [[r["step"], r["eval_nll"], r["eval_acc"], r["eval_ece"]] for r in records if "eval_nll" in r],
+        "command": "bayespeft " + " ".join(compare_command(unit, work)),
+        "run": run_dir.name,
+        "wall_s": round((run_dir / "metrics.json").stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime, 1),
+        "device": device,
+    }
+    predictions = {
+        "ids": [r["id"] for r in rows],
+        "labels": [r["label"] for r in rows],
+        "probs": [[round(p, 6) for p in r["probs"]] for r in rows],
+    }
+    return record, predictions
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run_units(units: list[Unit], args: argparse.Namespace) -> None:
+    work, results_path, device = Path(args.work_dir), Path(args.out), device_name()
+    results = load_results(results_path)
+    done = {run_key(r["backbone"], r["dataset"], r["method"], r["seed"]) for r in results["runs"]}
+    todo = [u for u in units if any(run_key(u.backbone, u.dataset, m, u.seed) not in done for m in u.methods)]
+    print(f"{len(units) - len(todo)} of {len(units)} units recorded; running {len(todo)} with {args.jobs} jobs")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+
+    if args.dry_run:
+        for unit in todo:
+            command = [sys.executable, "-m", "bayespeft.cli", *compare_command(unit, work), "--dry-run"]
+            result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+            print(f"{unit.name}: {'ok' if result.returncode == 0 else result.stderr.strip().splitlines()[-1]}")
+        return
+
+    def execute(unit: Unit) -> None:
+        began = time.perf_counter()
+        log = unit_dir(unit, work) / "compare.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as handle:
+            command = [sys.executable, "-m", "bayespeft.cli", *compare_command(unit, work)]
+            code = subprocess.run(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
+        recorded = record_unit(unit, work, results_path, device)
+        took = time.perf_counter() - began
+        print(f"{unit.name}: exit {code}, {took:.0f} s, recorded {','.join(recorded) or 'nothing'}", flush=True)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(execute, todo))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def grouped(runs: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["backbone"], run["dataset"], run["method"]), []).append(run)
+    return groups
+
+
+def paired_bootstrap(
+    store: dict[str, Any], backbone: str, dataset: str, method: str, seeds: list[int], resamples: int
+) -> dict[str, list[float]]:
+    """Mean over seeds of (method - MLE) per metric, with a 95 % interval: every resample draws the same
+    examples for both methods within each seed."""
+    pairs = []
+    for seed in seeds:
+        ours = store.get(run_key(backbone, dataset, method, seed))
+        ref = store.get(run_key(backbone, dataset, REFERENCE, seed))
+        if ours and ref and ours["ids"] == ref["ids"]:
+            labels = torch.tensor(ref["labels"])
+            pairs.append((_probs(ours["probs"]), _probs(ref["probs"]), labels))
+    if not pairs:
+        return {}
+    generator = random.Random(0)
+    point = {k: fmean(f(a, y) - f(b, y) for a, b, y in pairs) for k, f in METRICS.items()}
+    draws: dict[str, list[float]] = {k: [] for k in METRICS}
+    for _ in range(resamples):
+        per_seed = {k: [] for k in METRICS}
+        for a, b, y in pairs:
+            index = torch.tensor([generator.randrange(len(y)) for _ in range(len(y))])
+            for k, f in METRICS.items():
+                per_seed[k].append(f(a[index], y[index]) - f(b[index], y[index]))
+        for k in METRICS:
+            draws[k].append(fmean(per_seed[k]))
+    out = {}
+    for k, values in draws.items():
+        values.sort()
+        out[k] = [point[k], values[int(0.025 * resamples)], values[int(0.975 * resamples) - 1]]
+    return out
+
+
+def _probs(rows: list[list[float]]) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    probs = torch.zeros(len(rows), width, dtype=torch.float64)
+    for i, r in enumerate(rows):
+        probs[i, : len(r)] = torch.tensor(r, dtype=torch.float64)
+    return probs / probs.sum(-1, keepdim=True)
+
+
+def report(args: argparse.Namespace) -> None:
+    results = load_results(Path(args.out))
+    store = load_predictions_store(Path(args.out).with_name(PREDICTIONS))
+    groups = grouped(results["runs"])
+    spec = load_spec(args.spec)
+    summary: dict[str, Any] = {}
+    for backbone, grid in spec["backbones"].items():
+        datasets = [d for d in grid["datasets"] if (backbone, d, REFERENCE) in groups]
+        if not datasets:
+            continue
+        print(f"\n### {backbone}: {grid['train_examples']} training examples, {grid['epochs']} epochs\n")
+        print("| dataset | method | seeds | ACC | ECE | NLL | Brier | ΔACC [95% CI] | ΔECE [95% CI] | ΔNLL [95% CI] |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for dataset in datasets:
+            ref_seeds = [r["seed"] for r in groups[(backbone, dataset, REFERENCE)]]
+            for method in spec["methods"]:
+                runs = groups.get((backbone, dataset, method))
+                if not runs:
+                    continue
+                seeds = sorted(r["seed"] for r in runs)
+                cells = [_mean_std([r[k] for r in runs]) for k in ("acc", "ece", "nll", "brier")]
+                deltas = {}
+                if method != REFERENCE:
+                    deltas = paired_bootstrap(
+                        store, backbone, dataset, method, [s for s in seeds if s in ref_seeds], args.resamples
+                    )
+                delta_cells = [_interval(deltas.get(k)) for k in ("acc", "ece", "nll")]
+                print(f"| {dataset} | {method} | {len(seeds)} | " + " | ".join(cells + delta_cells) + " |")
+                summary[run_key(backbone, dataset, method, 0)[:-2]] = {
+                    "seeds": seeds,
+                    **{k: fmean(r[k] for r in runs) for k in ("acc", "ece", "nll", "brier")},
+                    "delta_vs_mle": deltas,
+                }
+        print_targets(backbone, datasets, groups, spec["methods"])
+    if args.figures:
+        figures = Path(args.figures)
+        for backbone, grid in spec["backbones"].items():
+            datasets = [d for d in grid["datasets"] if (backbone, d, REFERENCE) in groups]
+            if datasets:
+                plot_reliability(
+                    store, results["runs"], backbone, datasets, figures / f"study_reliability_{backbone}.png"
+                )
+                plot_curves(groups, backbone, datasets, figures / f"study_heldout_nll_{backbone}.png")
+    if args.summary:
+        write_json_atomic(Path(args.summary), summary)
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{fmean(values):.3f} ± {pstdev(values):.3f}"
+
+
+def _interval(delta: list[float] | None) -> str:
+    if not delta:
+        return ""
+    point, low, high = delta
+    mark = "**" if low > 0 or high < 0 else ""
+    return f"{mark}{point:+.3f}{mark} [{low:+.3f}, {high:+.3f}]"
+
+
+def print_targets(backbone: str, datasets: list[str], groups: dict, methods: list[str]) -> None:
+    """Issue 12's targets: BLoB ECE <= 0.5x MLE, NLL <= 0.9x MLE, ACC >= MLE - 1 point; the best Bayesian
+    method's ECE below temperature scaling's."""
+    bayesian = [m for m in methods if m not in (REFERENCE, "map", "temperature")]
+    print(f"\n{backbone}: BLoB / MLE ratios and the targets")
+    hits, wins = 0, 0
+    for dataset in datasets:
+        mean = {m: {k: fmean(r[k] for r in groups[(backbone, dataset, m)]) for k in ("acc", "ece", "nll")}
+                for m in methods if (backbone, dataset, m) in groups}  # fmt: skip
+        if "blob" in mean:
+            ece, nll = mean["blob"]["ece"] / mean[REFERENCE]["ece"], mean["blob"]["nll"] / mean[REFERENCE]["nll"]
+            dacc = mean["blob"]["acc"] - mean[REFERENCE]["acc"]
+            ok = ece <= 0.5 and nll <= 0.9 and dacc >= -0.01
+            hits += ok
+            line = f"  {dataset}: ECE x{ece:.2f}, NLL x{nll:.2f}, ACC {dacc:+.3f} -> {'met' if ok else 'not met'}"
+        else:
+            line = f"  {dataset}: no BLoB run"
+        present = [m for m in bayesian if m in mean]
+        if present and "temperature" in mean:
+            best = min(present, key=lambda m: mean[m]["ece"])
+            win = mean[best]["ece"] < mean["temperature"]["ece"]
+            wins += win
+            line += (
+                f"; best Bayesian {best} ECE {mean[best]['ece']:.3f} vs temperature {mean['temperature']['ece']:.3f}"
+            )
+        print(line)
+    print(f"  BLoB target met on {hits} of {len(datasets)}; best Bayesian beats temperature on {wins}")
+
+
+def plot_reliability(store: dict, runs: list[dict], backbone: str, datasets: list[str], path: Path) -> None:
+    """Reliability diagrams side by side: a row per dataset, a column per method (pooled over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [m for m in ("mle", "temperature", "blob", "laplace", "ensemble", "mcdropout") if
+               any(r["backbone"] == backbone and r["method"] == m for r in runs)]  # fmt: skip
+    fig, axes = plt.subplots(len(datasets), len(columns), figsize=(2.3 * len(columns), 2.3 * len(datasets)),
+                             squeeze=False, sharex=True, sharey=True)  # fmt: skip
+    for i, dataset in enumerate(datasets):
+        for j, method in enumerate(columns):
+            ax = axes[i][j]
+            keys = [k for k in store if k.startswith(f"{backbone}/{dataset}/{method}/")]
+            ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="gray")
+            if keys:  # the same dataset: every seed's predictions have the same width
+                probs = torch.cat([_probs(store[k]["probs"]) for k in keys])
+                labels = torch.cat([torch.tensor(store[k]["labels"]) for k in keys])
+                bins = reliability_bins(probs, labels, 10)
+                shown = bins.count > 0
+                centres = ((bins.edges[:-1] + bins.edges[1:]) / 2)[shown]
+                ax.bar(centres, bins.accuracy[shown], width=0.1, edgecolor="black", lw=0.5, alpha=0.8)
+                ax.plot(centres, bins.confidence[shown], "r.", ms=3)
+                ece = expected_calibration_error(probs, labels)
+                ax.text(0.04, 0.88, f"ECE {ece:.3f}", fontsize=8, transform=ax.transAxes)
+            if i == 0:
+                ax.set_title(method, fontsize=10)
+            if j == 0:
+                ax.set_ylabel(f"{dataset}\naccuracy", fontsize=9)
+            if i == len(datasets) - 1:
+                ax.set_xlabel("confidence", fontsize=9)
+    fig.suptitle(f"{backbone}: reliability on held-out data, seeds pooled", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def plot_curves(groups: dict, backbone: str, datasets: list[str], path: Path) -> None:
+    """Held-out NLL during training against the epoch: MLE against BLoB (and MAP, MC dropout), first seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 2.8), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for method, color in (
+            ("mle", "tab:red"),
+            ("map", "tab:orange"),
+            ("mcdropout", "tab:green"),
+            ("blob", "tab:blue"),
+        ):
+            runs = sorted(groups.get((backbone, dataset, method), []), key=lambda r: r["seed"])
+            if runs and runs[0]["heldout_curve"]:
+                per_epoch = runs[0]["steps"] / runs[0]["epochs"]
+                curve = runs[0]["heldout_curve"]
+                ax.plot([c[0] / per_epoch for c in curve], [c[1] for c in curve], color=color, lw=1.4, label=method)
+        ax.set_title(dataset, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out NLL (posterior mean)")
+    axes[0][0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("run", "collect", "report"):
+        command = sub.add_parser(name)
+        command.add_argument("--out", default=str(RESULTS), help="the results JSON (predictions go beside it)")
+        command.add_argument("--work-dir", default=str(ROOT / "runs" / "calibration_study"))
+        command.add_argument("--backbone", help="comma-separated backbones (default: all in the spec)")
+        command.add_argument("--datasets", help="comma-separated datasets (default: all of the backbone's)")
+        command.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+        command.add_argument("--spec", type=Path, default=SPEC, help="the grid (default: %(default)s)")
+    run = sub.choices["run"]
+    run.add_argument("--jobs", type=int, default=1, help="compare processes at once (a GPU holds several)")
+    run.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each process")
+    run.add_argument("--dry-run", action="store_true", help="validate every unit with `compare --dry-run`")
+    report_parser = sub.choices["report"]
+    report_parser.add_argument("--resamples", type=int, default=1000)
+    report_parser.add_argument("--figures", help="folder for the reliability grid and the held-out NLL curves")
+    report_parser.add_argument("--summary", help="also write the table's numbers as JSON here")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    spec = load_spec(args.spec)
+    if args.command == "report":
+        report(args)
+        return
+    backbones = args.backbone.split(",") if args.backbone else list(spec["backbones"])
+    unknown = [b for b in backbones if b not in spec["backbones"]]
+    if unknown:
+        raise SystemExit(f"--backbone: {unknown[0]} is not in {SPEC} (choose from {', '.join(spec['backbones'])})")
+    datasets = set(args.datasets.split(",")) if args.datasets else None
+    units = plan(spec, backbones, datasets, args.data_dir)
+    if args.command == "collect":
+        device = device_name()
+        for unit in units:
+            recorded = record_unit(unit, Path(args.work_dir), Path(args.out), device)
+            if recorded:
+                print(f"{unit.name}: recorded {','.join(recorded)}")
+        return
+    run_units(units, args)
+
+
+if __name__ == "__main__":
+    main()
