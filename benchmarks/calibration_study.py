@@ -242,6 +242,27 @@ def device_name() -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def merge(sources: list[Path], out: Path) -> None:
+    """Add every run of ``sources`` missing from ``out`` (with its predictions); a recorded run is kept."""
+    results, store = load_results(out), load_predictions_store(out.with_name(PREDICTIONS))
+    have = {run_key(r["backbone"], r["dataset"], r["method"], r["seed"]) for r in results["runs"]}
+    for source in sources:
+        added = 0
+        theirs = load_predictions_store(source.with_name(source.stem + "_predictions.json.gz"))
+        theirs = theirs or load_predictions_store(source.with_name(PREDICTIONS))
+        for run in load_results(source)["runs"]:
+            key = run_key(run["backbone"], run["dataset"], run["method"], run["seed"])
+            if key not in have and key in theirs:
+                results["runs"].append(run)
+                store[key] = theirs[key]
+                have.add(key)
+                added += 1
+        print(f"{source}: {added} runs added")
+    results["runs"].sort(key=lambda r: (r["backbone"], r["dataset"], r["method"], r["seed"]))
+    save_predictions_store(out.with_name(PREDICTIONS), store)
+    write_json_atomic(out, results)
+
+
 # ----------------------------------------------------------------------------- run
 
 
@@ -505,6 +526,11 @@ def parse_args() -> argparse.Namespace:
     run.add_argument("--jobs", type=int, default=1, help="compare processes at once (a GPU holds several)")
     run.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each process")
     run.add_argument("--dry-run", action="store_true", help="validate every unit with `compare --dry-run`")
+    run.add_argument("--methods", help="comma-separated: run only these of each unit's methods (and their MLE source)")
+    merge_parser = sub.add_parser("merge", help="add the runs of other results files (e.g. from a GPU machine)")
+    merge_parser.add_argument("sources", nargs="+", type=Path, help="results JSON files, predictions beside each")
+    merge_parser.add_argument("--out", default=str(RESULTS))
+    merge_parser.add_argument("--spec", type=Path, default=SPEC)
     report_parser = sub.choices["report"]
     report_parser.add_argument("--resamples", type=int, default=1000)
     report_parser.add_argument("--figures", help="folder for the reliability grid and the held-out NLL curves")
@@ -518,12 +544,22 @@ def main() -> None:
     if args.command == "report":
         report(args)
         return
+    if args.command == "merge":
+        merge(args.sources, Path(args.out))
+        return
     backbones = args.backbone.split(",") if args.backbone else list(spec["backbones"])
     unknown = [b for b in backbones if b not in spec["backbones"]]
     if unknown:
         raise SystemExit(f"--backbone: {unknown[0]} is not in {SPEC} (choose from {', '.join(spec['backbones'])})")
     datasets = set(args.datasets.split(",")) if args.datasets else None
     units = plan(spec, backbones, datasets, args.data_dir)
+    if getattr(args, "methods", None):
+        chosen = args.methods.split(",")
+        units = [
+            dataclasses.replace(u, methods=kept, overrides=tuple(applicable(u.overrides, kept)))
+            for u in units
+            if (kept := tuple(m for m in u.methods if m in chosen))
+        ]
     if args.command == "collect":
         device = device_name()
         for unit in units:
