@@ -311,3 +311,26 @@ def test_several_n_samples_get_their_own_rows_and_columns(tmp_path):
     assert md.splitlines()[2:] == ["| blob | 1 | 51.00 ± 0.00 |", "| blob | 10 | **60.00 ± 0.00** |"]
     image = matplotlib.image.imread(plot_reliability_grid(rows, tmp_path / "grid.png"))
     assert image.shape[1] > image.shape[0]  # two panels side by side
+
+
+def test_heldout_curves_come_from_the_runs_training_logs(runs, tmp_path):
+    """Runs that evaluated during training (train.eval_every) get heldout_curves.png; the points are the log's."""
+    from bayespeft.report import heldout_curves
+
+    logged = runs / "blob_arc_easy_s1"
+    lines = [
+        {"step": 1, "nll": 0.9},
+        {"step": 2, "nll": 0.8, "eval_nll": 0.7, "eval_ece": 0.05, "eval_acc": 0.6},
+        {"step": 3, "nll": 0.6},
+        {"step": 4, "nll": 0.5, "eval_nll": 0.9, "eval_ece": 0.12, "eval_acc": 0.6},
+    ]
+    (logged / "train_log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rows = collect_results([runs])
+    row = next(r for r in rows if r.directory == logged)
+    assert heldout_curves(row) == [(2, 0.7, 0.05), (4, 0.9, 0.12)]
+    assert all(heldout_curves(r) == [] for r in rows if r is not row)
+    written = write_report([runs], tmp_path / "report")
+    assert written["heldout_curves"].name == "heldout_curves.png"
+    assert matplotlib.image.imread(written["heldout_curves"]).shape[2] in (3, 4)
+    (logged / "train_log.jsonl").unlink()
+    assert "heldout_curves" not in write_report([runs], tmp_path / "report2")

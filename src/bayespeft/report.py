@@ -614,6 +614,58 @@ def plot_reliability_grid(
     return path
 
 
+def heldout_curves(row: ResultRow) -> list[tuple[int, float, float]]:
+    """(step, held-out NLL, held-out ECE) of the evaluations during a run's training (``train.eval_every``)."""
+    log = row.directory / "train_log.jsonl"
+    if not log.is_file():
+        return []
+    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(r["step"], r["eval_nll"], r["eval_ece"]) for r in records if "eval_nll" in r]
+
+
+def plot_heldout_curves(rows: Sequence[ResultRow], path: str | os.PathLike[str]) -> Path | None:
+    """Held-out NLL and ECE during training, a column per dataset and a line per method (each seed drawn):
+    where plain LoRA over-fits, its held-out NLL climbs while a posterior keeps it down. None without curves."""
+    curves = [(r, heldout_curves(r)) for r in rows]
+    curves = [(r, c) for r, c in curves if c]
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r.dataset for r, _ in curves}, key=_sort_key)
+    methods = sorted({r.method for r, _ in curves}, key=_sort_key)
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    with plt.rc_context(PAPER_STYLE):
+        fig, axes = plt.subplots(2, len(datasets), squeeze=False, sharex="col", figsize=(3.4 * len(datasets), 4.6))
+        try:
+            for j, dataset in enumerate(datasets):
+                labelled: set[str] = set()
+                for row, curve in curves:
+                    if row.dataset != dataset:
+                        continue
+                    steps = [c[0] for c in curve]
+                    label = None if row.method in labelled else row.method
+                    labelled.add(row.method)
+                    for i in (0, 1):
+                        values = [c[1 + i] for c in curve]
+                        axes[i][j].plot(steps, values, color=colors[row.method], lw=1.3, marker="o", ms=2, label=label)
+                axes[0][j].set_title(dataset)
+                axes[1][j].set_xlabel("Step")
+                for i in (0, 1):
+                    axes[i][j].grid(alpha=0.25, lw=0.5)
+            axes[0][0].set_ylabel("Held-out NLL")
+            axes[1][0].set_ylabel("Held-out ECE")
+            axes[0][0].legend(frameon=False)
+            fig.tight_layout()
+            save_figure(fig, Path(path))
+        finally:
+            plt.close(fig)
+    return Path(path)
+
+
 def save_figure(fig: Any, path: Path, file_format: str = "png", dpi: int = 150) -> None:
     """Write a matplotlib figure to ``path`` atomically (a crash leaves the old file or the new one)."""
     tmp = _temp_path(path)
@@ -635,10 +687,11 @@ def write_report(
     scale: Mapping[str, float] | None = None,
     n_bins: int = 15,
 ) -> dict[str, Path]:
-    """Write ``results.md``, ``results.tex``, ``results.json`` and ``reliability_grid.png`` into ``out_dir``.
+    """Write ``results.md``, ``results.tex``, ``results.json`` and ``reliability_grid.png`` into ``out_dir``,
+    and ``heldout_curves.png`` where the runs evaluated during training (``train.eval_every``).
 
     Every input is read and every table rendered before anything is written, and each
-    file is replaced atomically. Returns ``{"markdown", "latex", "json", "reliability_grid"}``.
+    file is replaced atomically. Returns ``{"markdown", "latex", "json", "reliability_grid"}`` (+ ``"heldout_curves"``).
     """
     rows = collect_results(paths)
     aggregates = aggregate(rows, group_by)
@@ -661,6 +714,9 @@ def write_report(
         "reliability_grid": out / "reliability_grid.png",
     }
     plot_reliability_grid(rows, written["reliability_grid"], n_bins=n_bins)
+    curves = plot_heldout_curves(rows, out / "heldout_curves.png")
+    if curves is not None:
+        written["heldout_curves"] = curves
     write_text_atomic(written["markdown"], markdown)
     write_text_atomic(written["latex"], latex)
     write_json_atomic(written["json"], summary)
