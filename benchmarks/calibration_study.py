@@ -346,7 +346,14 @@ def _probs(rows: list[list[float]]) -> torch.Tensor:
     return probs / probs.sum(-1, keepdim=True)
 
 
+BEGIN, END = "<!-- calibration-study tables: begin -->", "<!-- calibration-study tables: end -->"
+
+
 def report(args: argparse.Namespace) -> None:
+    """Print the tables (and write the figures); with --markdown, also replace the block between the
+    BEGIN/END markers of that file with them."""
+    lines: list[str] = []
+    emit = lines.append
     results = load_results(Path(args.out))
     store = load_predictions_store(Path(args.out).with_name(PREDICTIONS))
     groups = grouped(results["runs"])
@@ -356,9 +363,9 @@ def report(args: argparse.Namespace) -> None:
         datasets = [d for d in grid["datasets"] if (backbone, d, REFERENCE) in groups]
         if not datasets:
             continue
-        print(f"\n### {backbone}: {grid['train_examples']} training examples, {grid['epochs']} epochs\n")
-        print("| dataset | method | seeds | ACC | ECE | NLL | Brier | ΔACC [95% CI] | ΔECE [95% CI] | ΔNLL [95% CI] |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        emit(f"\n### {backbone}: {grid['train_examples']} training examples, {grid['epochs']} epochs\n")
+        emit("| dataset | method | seeds | ACC | ECE | NLL | Brier | ΔACC [95% CI] | ΔECE [95% CI] | ΔNLL [95% CI] |")
+        emit("|---|---|---|---|---|---|---|---|---|---|")
         for dataset in datasets:
             ref_seeds = [r["seed"] for r in groups[(backbone, dataset, REFERENCE)]]
             for method in spec["methods"]:
@@ -373,13 +380,13 @@ def report(args: argparse.Namespace) -> None:
                         store, backbone, dataset, method, [s for s in seeds if s in ref_seeds], args.resamples
                     )
                 delta_cells = [_interval(deltas.get(k)) for k in ("acc", "ece", "nll")]
-                print(f"| {dataset} | {method} | {len(seeds)} | " + " | ".join(cells + delta_cells) + " |")
+                emit(f"| {dataset} | {method} | {len(seeds)} | " + " | ".join(cells + delta_cells) + " |")
                 summary[run_key(backbone, dataset, method, 0)[:-2]] = {
                     "seeds": seeds,
                     **{k: fmean(r[k] for r in runs) for k in ("acc", "ece", "nll", "brier")},
                     "delta_vs_mle": deltas,
                 }
-        print_targets(backbone, datasets, groups, spec["methods"])
+        lines.extend(targets(backbone, datasets, groups, spec["methods"]))
     if args.figures:
         figures = Path(args.figures)
         for backbone, grid in spec["backbones"].items():
@@ -391,6 +398,20 @@ def report(args: argparse.Namespace) -> None:
                 plot_curves(groups, backbone, datasets, figures / f"study_heldout_nll_{backbone}.png")
     if args.summary:
         write_json_atomic(Path(args.summary), summary)
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        splice(Path(args.markdown), text)
+
+
+def splice(path: Path, text: str) -> None:
+    """Replace the text between the BEGIN and END markers of ``path`` (both must be there)."""
+    document = path.read_text(encoding="utf-8")
+    if BEGIN not in document or END not in document:
+        raise SystemExit(f"--markdown: {path} lacks the markers {BEGIN} ... {END}")
+    head, rest = document.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(f"{head}{BEGIN}\n{text.strip()}\n{END}{tail}", encoding="utf-8")
 
 
 def _mean_std(values: list[float]) -> str:
@@ -407,11 +428,11 @@ def _interval(delta: list[float] | None) -> str:
     return f"{mark}{point:+.3f}{mark} [{low:+.3f}, {high:+.3f}]"
 
 
-def print_targets(backbone: str, datasets: list[str], groups: dict, methods: list[str]) -> None:
+def targets(backbone: str, datasets: list[str], groups: dict, methods: list[str]) -> list[str]:
     """Issue 12's targets: BLoB ECE <= 0.5x MLE, NLL <= 0.9x MLE, ACC >= MLE - 1 point; the best Bayesian
     method's ECE below temperature scaling's."""
     bayesian = [m for m in methods if m not in (REFERENCE, "map", "temperature")]
-    print(f"\n{backbone}: BLoB / MLE ratios and the targets")
+    out = [f"\n{backbone}: BLoB / MLE ratios and the targets (means over seeds)\n"]
     hits, wins = 0, 0
     for dataset in datasets:
         mean = {m: {k: fmean(r[k] for r in groups[(backbone, dataset, m)]) for k in ("acc", "ece", "nll")}
@@ -421,9 +442,9 @@ def print_targets(backbone: str, datasets: list[str], groups: dict, methods: lis
             dacc = mean["blob"]["acc"] - mean[REFERENCE]["acc"]
             ok = ece <= 0.5 and nll <= 0.9 and dacc >= -0.01
             hits += ok
-            line = f"  {dataset}: ECE x{ece:.2f}, NLL x{nll:.2f}, ACC {dacc:+.3f} -> {'met' if ok else 'not met'}"
+            line = f"- {dataset}: ECE x{ece:.2f}, NLL x{nll:.2f}, ACC {dacc:+.3f} -> {'met' if ok else 'not met'}"
         else:
-            line = f"  {dataset}: no BLoB run"
+            line = f"- {dataset}: no BLoB run"
         present = [m for m in bayesian if m in mean]
         if present and "temperature" in mean:
             best = min(present, key=lambda m: mean[m]["ece"])
@@ -432,8 +453,9 @@ def print_targets(backbone: str, datasets: list[str], groups: dict, methods: lis
             line += (
                 f"; best Bayesian {best} ECE {mean[best]['ece']:.3f} vs temperature {mean['temperature']['ece']:.3f}"
             )
-        print(line)
-    print(f"  BLoB target met on {hits} of {len(datasets)}; best Bayesian beats temperature on {wins}")
+        out.append(line)
+    out.append(f"- BLoB target met on {hits} of {len(datasets)}; the best Bayesian method beats temperature on {wins}")
+    return out
 
 
 def plot_reliability(store: dict, runs: list[dict], backbone: str, datasets: list[str], path: Path) -> None:
@@ -535,6 +557,7 @@ def parse_args() -> argparse.Namespace:
     report_parser.add_argument("--resamples", type=int, default=1000)
     report_parser.add_argument("--figures", help="folder for the reliability grid and the held-out NLL curves")
     report_parser.add_argument("--summary", help="also write the table's numbers as JSON here")
+    report_parser.add_argument("--markdown", help="replace the tables between the study markers of this file")
     return parser.parse_args()
 
 

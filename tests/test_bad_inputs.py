@@ -10,37 +10,18 @@ Add a row for every new command or flag.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from fake_arc import ARC_FILES, write_arc
 from safetensors.torch import load_file, save_file
 
 from bayespeft.cli import main
 from bayespeft.config import load_config
 from bayespeft.training import Trainer
-
-ARC_FILES = {"train": "ARC-Easy-Train.jsonl", "validation": "ARC-Easy-Dev.jsonl", "test": "ARC-Easy-Test.jsonl"}
-
-
-def arc_row(i: int) -> dict:
-    choices = [{"text": f"option {c} of {i}", "label": c} for c in "ABCD"]
-    return {
-        "id": f"q{i}",
-        "question": {"stem": f"Question number {i}?", "choices": choices},
-        "answerKey": "ABCD"[i % 4],
-    }
-
-
-def write_arc(root: Path) -> Path:
-    (root / "arc_easy").mkdir(parents=True)
-    for n, name in enumerate(ARC_FILES.values()):
-        rows = [arc_row(100 * n + i) for i in range(8)]
-        (root / "arc_easy" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +154,13 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("evaluate-name-dotdot", ["evaluate", "--run-dir", "{run}", "--name", ".."], ["--name", "plain name"]),
     ("evaluate-name-dotdot-overwrite", ["evaluate", "--run-dir", "{run}", "--name", "..", "--overwrite"], ["--name"]),
     ("evaluate-name-escape", ["evaluate", "--run-dir", "{run}", "--name", "../../x"], ["--name", "plain name"]),
+    ("evaluate-missing-checkpoint", ["evaluate", "--run-dir", "{run}", "--checkpoint", "999"], ["--checkpoint", "999"]),
+    ("train-eval-every-negative", ["train", "-o", "{ws}/new", "train.eval_every=-1"], ["train.eval_every", ">= 0"]),
+    (
+        "train-early-stopping-without-eval",
+        ["train", "-o", "{ws}/new", "train.early_stopping_patience=2"],
+        ["train.early_stopping_patience", "train.eval_every"],
+    ),
     ("evaluate-name-slash", ["evaluate", "--run-dir", "{run}", "--name", "a/b"], ["--name"]),
     ("evaluate-name-empty", ["evaluate", "--run-dir", "{run}", "--name", ""], ["--name"]),
     ("evaluate-name-hidden", ["evaluate", "--run-dir", "{run}", "--name", ".x"], ["--name"]),

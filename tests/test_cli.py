@@ -9,33 +9,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_arc import ARC_FILES, write_arc
 
 from bayespeft import __version__
 from bayespeft.cli import build_parser, cli_overrides, main, parse_args
 from bayespeft.config import load_config
 from bayespeft.methods import BlobConfig
 
-ARC_FILES = {"train": "ARC-Easy-Train.jsonl", "validation": "ARC-Easy-Dev.jsonl", "test": "ARC-Easy-Test.jsonl"}
-
-
-def arc_row(i: int) -> dict:
-    choices = [{"text": f"option {c} of {i}", "label": c} for c in "ABCD"]
-    return {
-        "id": f"q{i}",
-        "question": {"stem": f"Question number {i}?", "choices": choices},
-        "answerKey": "ABCD"[i % 4],
-    }
-
 
 @pytest.fixture
 def data_dir(tmp_path) -> Path:
     """A fake offline data folder in the layout of shared/data (arc_easy only)."""
-    root = tmp_path / "data"
-    (root / "arc_easy").mkdir(parents=True)
-    for n, name in enumerate(ARC_FILES.values()):
-        rows = [arc_row(100 * n + i) for i in range(8)]
-        (root / "arc_easy" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+    return write_arc(tmp_path / "data")
 
 
 def snapshot(root: Path) -> dict[str, bytes] | None:
