@@ -279,9 +279,9 @@ class Trainer:
         if train_examples is None:
             train_examples = load_examples(config, config.data.train_split, config.data.max_train_examples)
         eval_examples = self.eval_examples
-        if eval_examples is None:
+        if eval_examples is None:  # examples a caller passes are its choice (e.g. measuring the training fit)
             eval_examples = load_examples(config, config.data.eval_split, config.data.max_eval_examples)
-        check_disjoint(train_examples, eval_examples)
+            check_disjoint(train_examples, eval_examples)
         heldout = eval_examples[: config.train.eval_max_examples] if config.train.eval_every else []
         session = build_session(config, self._acc)
         acc, method, model, task = session.accelerator, session.method, session.model, session.task

@@ -26,7 +26,7 @@ from bayespeft.methods.inducing import (
     matheron_sample,
     whitened_bases,
 )
-from bayespeft.training import Trainer
+from bayespeft.training import Trainer, load_examples
 
 POSTERIORS = ["diagonal", "matrix"]
 
@@ -342,8 +342,6 @@ def test_a_trainer_run_reduces_the_training_loss(tmp_path, tiny_llama_dir, share
                 "data.dataset=arc_easy",
                 f"data.data_dir={shared_data}",
                 "data.max_train_examples=8",
-                "data.eval_split=train",
-                "data.max_eval_examples=8",
                 "data.max_length=96",
                 f"train.max_steps={steps}",
                 "train.batch_size=2",
@@ -353,7 +351,8 @@ def test_a_trainer_run_reduces_the_training_loss(tmp_path, tiny_llama_dir, share
                 "eval.n_samples=0",
             ],
         )
-        return Trainer(config, tmp_path / f"steps-{steps}", progress=False).run_training()
+        fit = load_examples(config, "train", 8)  # scored on its own training examples: the fit, not held-out
+        return Trainer(config, tmp_path / f"steps-{steps}", progress=False, eval_examples=fit).run_training()
 
     untrained, trained = run(0), run(48)
     assert trained["status"] == "finished"
