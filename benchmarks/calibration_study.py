@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 import yaml
+from torchmetrics.functional import matthews_corrcoef
 
 from bayespeft.checkpoint import write_json_atomic
 from bayespeft.methods import method_config_class, method_names
@@ -52,7 +53,7 @@ SPEC = ROOT / "configs" / "study" / "calibration.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "calibration_study.json"
 PREDICTIONS = "calibration_study_predictions.json.gz"  # beside the results JSON
 METRICS = {"acc": accuracy, "ece": expected_calibration_error, "nll": negative_log_likelihood, "brier": brier_score}
-SCORES = ("acc", "ece", "nll", "brier", "entropy", "mutual_information", "f1", "mcc")
+SCORES = ("acc", "ece", "nll", "brier", "entropy", "mutual_information", "f1", "matthews_corr")
 REFERENCE = "mle"
 _lock = threading.Lock()
 
@@ -364,16 +365,22 @@ def report(args: argparse.Namespace) -> None:
         if not datasets:
             continue
         emit(f"\n### {backbone}: {grid['train_examples']} training examples, {grid['epochs']} epochs\n")
-        emit("| dataset | method | seeds | ACC | ECE | NLL | Brier | ΔACC [95% CI] | ΔECE [95% CI] | ΔNLL [95% CI] |")
-        emit("|---|---|---|---|---|---|---|---|---|---|")
+        columns = ("ACC", "MCC", "ECE", "NLL", "Brier", "ΔACC [95% CI]", "ΔECE [95% CI]", "ΔNLL [95% CI]")
+        emit("| dataset | method | seeds | " + " | ".join(columns) + " |")
+        emit("|---|---|---|---|---|---|---|---|---|---|---|")
         for dataset in datasets:
             ref_seeds = [r["seed"] for r in groups[(backbone, dataset, REFERENCE)]]
+            labels = store[run_key(backbone, dataset, REFERENCE, ref_seeds[0])]["labels"]
+            majority = max(labels.count(c) for c in set(labels)) / len(labels)
+            emit(f"| {dataset} | *majority class* | | {majority:.3f} | 0 | | | | | | |")
             for method in spec["methods"]:
                 runs = groups.get((backbone, dataset, method))
                 if not runs:
                     continue
                 seeds = sorted(r["seed"] for r in runs)
+                mcc = [matthews(store[run_key(backbone, dataset, method, seed)]) for seed in seeds]
                 cells = [_mean_std([r[k] for r in runs]) for k in ("acc", "ece", "nll", "brier")]
+                cells.insert(1, _mean_std(mcc))
                 deltas = {}
                 if method != REFERENCE:
                     deltas = paired_bootstrap(
@@ -412,6 +419,13 @@ def splice(path: Path, text: str) -> None:
     head, rest = document.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
     path.write_text(f"{head}{BEGIN}\n{text.strip()}\n{END}{tail}", encoding="utf-8")
+
+
+def matthews(predictions: dict[str, Any]) -> float:
+    """Matthews correlation of a run's predicted classes (0 = no better than a constant or random guess)."""
+    probs = _probs(predictions["probs"])
+    labels = torch.tensor(predictions["labels"])
+    return float(matthews_corrcoef(probs.argmax(-1), labels, task="multiclass", num_classes=probs.shape[1]))
 
 
 def _mean_std(values: list[float]) -> str:
