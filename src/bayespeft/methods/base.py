@@ -46,6 +46,7 @@ class SamplingState:
     hold: bool = False  # keep each group's draw for every forward pass of the block (generation)
     seed: int = 0  # base seed of held draws
     block: int = 0  # counts held blocks, so layers know when their cached draw is stale
+    tied: bool = False  # inside a sampling block: every pass reuses the block's draw (see :func:`block_noise`)
 
 
 LAYER_KEY = "bayespeft_key"
@@ -77,6 +78,26 @@ def held_noise(
         draws.append(sampler(shape, generator))
     noise = torch.stack(draws).to(device=like.device, dtype=like.dtype)
     cache[tag] = ((state.block, state.groups, state.offset), noise)
+    return noise
+
+
+def block_noise(state: SamplingState, layer: nn.Module, tag: str, draw: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """One layer's fresh noise ``draw()``, shared by every forward pass of the current sampling block.
+
+    A pass split in two calls (a cached question stem, then its choices) must see one posterior
+    draw per group, as the single call it replaces; so inside a :meth:`Method.sampling` block the
+    first pass draws and later passes reuse. Outside any block every pass draws anew. Flipout's
+    per-token signs are not part of the draw: they stay fresh per pass, as they are per token.
+    """
+    if not state.tied:
+        return draw()
+    cache = layer.__dict__.setdefault("_bayespeft_block", {})
+    key = (state.block, state.groups, state.offset)
+    hit = cache.get(tag)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    noise = draw()
+    cache[tag] = (key, noise)
     return noise
 
 
@@ -220,12 +241,14 @@ class Method:
         numbers them from there (for methods whose draws are distinct members). ``hold`` keeps
         one weight draw per group for every forward pass in the block, as generation needs (one
         sample per sequence, not per decoding step); held draw g depends only on the seed and
-        offset + g (see :func:`held_noise`).
+        offset + g (see :func:`held_noise`). Without ``hold``, the block is still one draw per group:
+        passes after the first reuse its noise (:func:`block_noise`).
         """
         state = self.sampling_state
-        previous = (state.enabled, state.groups, state.offset, state.hold, state.seed)
+        previous = (state.enabled, state.groups, state.offset, state.hold, state.seed, state.tied)
         held_seed = seed if seed is not None else int(torch.randint(0, 2**62, ()).item()) if hold else state.seed
         state.enabled, state.groups, state.offset, state.hold, state.seed = enabled, groups, offset, hold, held_seed
+        state.tied = True
         state.block += 1
         try:
             if seed is None:
@@ -237,7 +260,7 @@ class Method:
                     torch.manual_seed(seed)
                     yield
         finally:
-            state.enabled, state.groups, state.offset, state.hold, state.seed = previous
+            state.enabled, state.groups, state.offset, state.hold, state.seed, state.tied = previous
             state.block += 1
 
     def num_draws(self, n_samples: int) -> int:
@@ -436,6 +459,7 @@ __all__ = [
     "Optimization",
     "SamplingState",
     "TrainingContext",
+    "block_noise",
     "build_method",
     "held_noise",
     "linear_schedule",

@@ -48,12 +48,12 @@ class BbbVariant(BlobVariant):
         if held:
             hidden = hidden + self.held(module, active_adapter, x)
         elif self.state.enabled:
-            hidden = hidden + self.flipout(x, module.lora_A_rho[active_adapter], lora_A.weight)
+            hidden = hidden + self.flipout(module, f"A/{active_adapter}", x, module.lora_A_rho[active_adapter])
         out = lora_B(hidden)
         if held:
             out = out + self.held_B(module, active_adapter, hidden)
         elif self.state.enabled:
-            out = out + self.flipout(hidden, module.lora_B_rho[active_adapter], lora_B.weight)
+            out = out + self.flipout(module, f"B/{active_adapter}", hidden, module.lora_B_rho[active_adapter])
         return result + out * module.scaling[active_adapter]
 
     def held_B(self, module: LoraLayer, adapter: str, hidden: torch.Tensor) -> torch.Tensor:

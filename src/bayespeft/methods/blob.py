@@ -25,6 +25,7 @@ from .base import (
     Optimization,
     SamplingState,
     TrainingContext,
+    block_noise,
     held_noise,
     linear_schedule,
     register_method,
@@ -161,7 +162,7 @@ class BlobVariant(MeanMergeVariant):
         if self.state.enabled and self.state.hold:
             hidden = hidden + self.held(module, active_adapter, x)
         elif self.state.enabled:
-            hidden = hidden + self.flipout(x, module.lora_A_rho[active_adapter], lora_A.weight)
+            hidden = hidden + self.flipout(module, f"A/{active_adapter}", x, module.lora_A_rho[active_adapter])
         return result + lora_B(hidden) * module.scaling[active_adapter]
 
     def held(self, module: LoraLayer, adapter: str, x: torch.Tensor) -> torch.Tensor:
@@ -171,12 +172,13 @@ class BlobVariant(MeanMergeVariant):
         grouped = split_groups(x, self.state.groups)
         return torch.bmm(grouped, (std * unit).transpose(1, 2)).reshape(*x.shape[:-1], std.shape[0])
 
-    def flipout(self, x: torch.Tensor, rho: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """The Flipout noise on the rank side, shape x.shape[:-1] + (r,)."""
+    def flipout(self, module: LoraLayer, tag: str, x: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+        """The Flipout noise on the rank side, shape x.shape[:-1] + (r,); E is the block's draw (``tag``)."""
         groups = self.state.groups
         std = posterior_std(rho, self.parameterization).to(x.dtype)
         rank, d_in = std.shape
-        scaled_noise = std * self.noise((groups, rank, d_in), std)  # one draw per sample group
+        unit = block_noise(self.state, module, tag, lambda: self.noise((groups, rank, d_in), std))
+        scaled_noise = std * unit  # one draw per sample group
         flipped = split_groups(x * rademacher_like(x), groups)
         noise = torch.bmm(flipped, scaled_noise.transpose(1, 2)).reshape(*x.shape[:-1], rank)
         return noise * rademacher_like(noise)

@@ -59,7 +59,7 @@ from torch import nn
 from ..config import MethodConfig, _require
 from ..enums import BlobOptimization, KLPeriod, KLSchedule, StrEnum
 from ..errors import ConfigError
-from .base import MeanMergeVariant, SamplingState, _unwrap, held_noise, register_method, split_groups
+from .base import MeanMergeVariant, SamplingState, _unwrap, block_noise, held_noise, register_method, split_groups
 from .blob import BlobLora
 
 FACTOR_A = "lora_inducing_A"  # names contain "lora_" so that peft saves and loads them
@@ -342,8 +342,15 @@ class InducingVariant(MeanMergeVariant):
             prior = held_noise(self.state, module, f"{tag}/prior", prior_shape, like)
             posterior = held_noise(self.state, module, f"{tag}/posterior", posterior_shape, like)
         else:
-            prior = torch.randn((groups, *prior_shape), device=x.device)
-            posterior = torch.randn((groups, *posterior_shape), device=x.device)
+            prior = block_noise(
+                self.state, module, f"{tag}/prior", lambda: torch.randn((groups, *prior_shape), device=x.device)
+            )
+            posterior = block_noise(
+                self.state,
+                module,
+                f"{tag}/posterior",
+                lambda: torch.randn((groups, *posterior_shape), device=x.device),
+            )
         return factor.sample(prior, posterior)
 
 

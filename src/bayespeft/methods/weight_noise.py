@@ -36,6 +36,7 @@ from .base import (
     Optimization,
     SamplingState,
     TrainingContext,
+    block_noise,
     held_noise,
     register_method,
     split_groups,
@@ -115,7 +116,7 @@ class WeightNoiseVariant(BlobVariant):
         if x.shape[0] % groups:
             raise ValueError(f"batch of {x.shape[0]} rows cannot hold {groups} stacked weight samples")
         d_out, d_in = module.out_features, module.in_features
-        noise = self.noise((groups, d_out, d_in), x)  # one draw per sample group
+        noise = block_noise(self.state, module, f"W/{adapter}", lambda: self.noise((groups, d_out, d_in), x))
         flipped = (x * rademacher_like(x)).reshape(groups, -1, d_in)
         out = torch.bmm(flipped, noise.transpose(1, 2)).reshape(*x.shape[:-1], d_out)
         return out * rademacher_like(out) * self.row_scale(module, adapter, x)
