@@ -132,8 +132,12 @@ def build_session(config: RunConfig, accelerator: Accelerator | None = None) -> 
         task_type = PEFT_TASK_TYPES[kind]
     elif kind == ModelKind.CAUSAL_LM:
         model, tokenizer, _ = load_backbone(config.model)
-        scorer = ClozeMultipleChoiceTask if config.data.mc_scoring == MCScoring.CLOZE else MultipleChoiceTask
-        task = scorer(tokenizer, max_length=config.data.max_length)
+        if config.data.mc_scoring == MCScoring.CLOZE:
+            task = ClozeMultipleChoiceTask(
+                tokenizer, max_length=config.data.max_length, prefix_cache=config.data.cloze_prefix_cache
+            )
+        else:
+            task = MultipleChoiceTask(tokenizer, max_length=config.data.max_length)
         task_type = "CAUSAL_LM"
     else:
         info = classification_task_info(config.data.dataset)

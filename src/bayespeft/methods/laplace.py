@@ -218,7 +218,11 @@ class LayerJacobian:
 def jacobian_pass(
     model: nn.Module, task: Any, batch: dict[str, torch.Tensor], modules: dict[str, nn.Linear]
 ) -> tuple[torch.Tensor, dict[str, LayerJacobian]]:
-    """Class logits [B, C] at the MAP and every LoRA linear's per-example Jacobian (C backward passes)."""
+    """Class logits [B, C] at the MAP and every LoRA linear's per-example Jacobian (C backward passes).
+
+    The hooks read one forward call per module, so a task that splits its pass in two (cloze scoring
+    from a shared-prefix cache) is scored through its single-call ``per_row_logits`` (same logits).
+    """
     inputs: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
 
@@ -234,7 +238,7 @@ def jacobian_pass(
         weight.requires_grad_(True)
     try:
         with torch.enable_grad():
-            logits = task.class_logits(model, batch).float()
+            logits = getattr(task, "per_row_logits", task.class_logits)(model, batch).float()
             names = [name for name in modules if name in outputs and outputs[name].requires_grad]
             grads_per_class = []
             for c in range(logits.shape[1]):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from ..data.multiple_choice import MCExample
 from ..errors import DataError
@@ -126,7 +126,22 @@ class ClozeMultipleChoiceTask(MultipleChoiceTask):
     is scored instead by the mean log-prob of the shared continuation after it. Rows are left padded, so
     every scored span ends at the last position and the vocabulary projection runs only on the last
     (longest span + 1) positions (``logits_to_keep``).
+
+    With ``prefix_cache`` (the default) the tokens a question's rows share (its stem) run once per
+    question and stacked draw; the rows continue from that key/value cache. Gradients flow through
+    the cache into the stem's layers, and inside a sampling block both calls see the block's weight
+    draw, so the logits are those of the per-row pass (:meth:`per_row_logits`) up to float rounding.
     """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int = 300,
+        space_before_answer: bool = True,
+        prefix_cache: bool = True,
+    ):
+        super().__init__(tokenizer, max_length, space_before_answer)
+        self.prefix_cache = prefix_cache
 
     def encode(self, examples: Sequence[MCExample]) -> list[EncodedClozeExample]:
         """Tokenise context and scored text separately; over-long contexts lose their beginning, scored texts
@@ -156,9 +171,15 @@ class ClozeMultipleChoiceTask(MultipleChoiceTask):
         return [(ex.stem, f" {choice}") for choice in ex.choices]
 
     def collate(self, items: Sequence[EncodedClozeExample]) -> dict[str, torch.Tensor]:
-        """Left-padded rows of every choice of every question (question-major), with their scoring slots."""
+        """Left-padded rows of every choice of every question (question-major), with their scoring slots,
+        and the same rows split into each question's shared prefix and the rows' remainders."""
         input_ids, attention_mask = self.left_pad([row for it in items for row in it.rows])
         slots = [q * self.num_classes + k for q, it in enumerate(items) for k in range(it.num_choices)]
+        cuts = [shared_prefix_length(it.rows, it.choice_lengths) for it in items]
+        prefix_ids, prefix_mask = self.left_pad([it.rows[0][:cut] for it, cut in zip(items, cuts, strict=True)])
+        suffix_ids, suffix_mask = self.left_pad(
+            [row[cut:] for it, cut in zip(items, cuts, strict=True) for row in it.rows]
+        )
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -167,20 +188,81 @@ class ClozeMultipleChoiceTask(MultipleChoiceTask):
             "labels": torch.tensor([it.label for it in items]),
             "num_choices": torch.tensor([it.num_choices for it in items]),
             "index": torch.tensor([it.index for it in items]),
+            "prefix_ids": prefix_ids,
+            "prefix_mask": prefix_mask,
+            "suffix_ids": suffix_ids,
+            "suffix_mask": suffix_mask,
         }
+
+    def left_pad(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """As the letter task's, but a batch of empty rows (no shared prefix anywhere) is one padded column."""
+        if not any(rows):
+            return torch.full((len(rows), 1), self.tokenizer.pad_token_id), torch.zeros(
+                (len(rows), 1), dtype=torch.long
+            )
+        return super().left_pad(rows)
 
     def class_logits(self, model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 1) -> torch.Tensor:
         """Mean choice-token log-probabilities [repeats * B, C], -inf for absent choices."""
+        if self.prefix_cache:
+            return self.shared_prefix_logits(model, batch, repeats)
+        return self.per_row_logits(model, batch, repeats)
+
+    def per_row_logits(self, model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 1) -> torch.Tensor:
+        """Class logits with every row run whole: one forward call, the stem repeated per choice."""
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         if repeats > 1:
             input_ids, attention_mask = input_ids.repeat(repeats, 1), attention_mask.repeat(repeats, 1)
-        lengths = batch["choice_lengths"].to(input_ids.device).repeat(repeats)
-        span = int(lengths.max())
+        span = int(batch["choice_lengths"].max())
         position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
         output = model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=span + 1
         )
-        log_probs = output.logits[:, :-1, :].float().log_softmax(-1)  # predicts the last `span` tokens
+        return self._choice_logits(output.logits, input_ids, batch, repeats)
+
+    def shared_prefix_logits(self, model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 1) -> torch.Tensor:
+        """Class logits with each question's shared prefix run once (per stacked draw), its rows from the cache."""
+        prefix_ids, prefix_mask = batch["prefix_ids"], batch["prefix_mask"]
+        suffix_ids, suffix_mask = batch["suffix_ids"], batch["suffix_mask"]
+        if repeats > 1:
+            prefix_ids, prefix_mask = prefix_ids.repeat(repeats, 1), prefix_mask.repeat(repeats, 1)
+            suffix_ids, suffix_mask = suffix_ids.repeat(repeats, 1), suffix_mask.repeat(repeats, 1)
+        # a question without a shared prefix runs one padding token that none of its rows attends to
+        run_mask = prefix_mask.clone()
+        run_mask[:, -1] = 1
+        cache = DynamicCache()
+        model(
+            input_ids=prefix_ids,
+            attention_mask=run_mask,
+            position_ids=(prefix_mask.cumsum(-1) - 1).clamp_min(0),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        counts = batch["num_choices"].to(prefix_ids.device)
+        questions = counts.numel()
+        owner = torch.repeat_interleave(torch.arange(questions, device=prefix_ids.device), counts)
+        owner = (owner.unsqueeze(0) + questions * torch.arange(repeats, device=owner.device).unsqueeze(1)).flatten()
+        cache.batch_select_indices(owner)
+        span = int(batch["choice_lengths"].max())
+        position_ids = prefix_mask.sum(-1)[owner].unsqueeze(1) + (suffix_mask.cumsum(-1) - 1).clamp_min(0)
+        output = model(
+            input_ids=suffix_ids,
+            attention_mask=torch.cat([prefix_mask[owner], suffix_mask], dim=-1),
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=span + 1,
+        )
+        return self._choice_logits(output.logits, suffix_ids, batch, repeats)
+
+    def _choice_logits(
+        self, logits: torch.Tensor, input_ids: torch.Tensor, batch: dict[str, torch.Tensor], repeats: int
+    ) -> torch.Tensor:
+        """Mean log-prob of each row's last ``choice_lengths`` tokens from the last (span + 1) position logits."""
+        lengths = batch["choice_lengths"].to(input_ids.device).repeat(repeats)
+        span = int(lengths.max())
+        log_probs = logits[:, :-1, :].float().log_softmax(-1)  # predicts the last `span` tokens
         targets = input_ids[:, -span:]
         token_scores = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         in_choice = torch.arange(span, device=input_ids.device).unsqueeze(0) >= (span - lengths).unsqueeze(1)
@@ -190,6 +272,16 @@ class ClozeMultipleChoiceTask(MultipleChoiceTask):
         offsets = torch.arange(repeats, device=input_ids.device).repeat_interleave(slots.numel()) * (
             questions * self.num_classes
         )
-        logits = torch.full((repeats * questions * self.num_classes,), float("-inf"), device=input_ids.device)
-        logits = logits.index_put((slots.repeat(repeats) + offsets,), scores)
-        return logits.view(repeats * questions, self.num_classes)
+        scores_all = torch.full((repeats * questions * self.num_classes,), float("-inf"), device=input_ids.device)
+        scores_all = scores_all.index_put((slots.repeat(repeats) + offsets,), scores)
+        return scores_all.view(repeats * questions, self.num_classes)
+
+
+def shared_prefix_length(rows: Sequence[list[int]], choice_lengths: Sequence[int]) -> int:
+    """Tokens a question's rows share that no row needs the logits of: before every scored span and before
+    the token that predicts its first scored token (so each row's remainder holds all its predictions)."""
+    common = min(len(row) - n - 1 for row, n in zip(rows, choice_lengths, strict=True))
+    length = 0
+    while length < common and all(row[length] == rows[0][length] for row in rows):
+        length += 1
+    return length
