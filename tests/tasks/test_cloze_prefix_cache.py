@@ -95,6 +95,17 @@ def test_shared_prefix_logits_equal_the_per_row_logits_of_the_plain_model(tiny_l
     torch.testing.assert_close(shared, per_row, rtol=0, atol=1e-4)
 
 
+def test_a_batch_without_any_shared_prefix_scores_every_row_from_its_start(tiny_llama_dir, tokenizer):
+    task = ClozeMultipleChoiceTask(tokenizer, max_length=64)
+    collated = task.collate(task.encode(EXAMPLES[3:]))
+    assert collated["prefix_mask"].shape == (1, 1) and not collated["prefix_mask"].any()
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            task.shared_prefix_logits(model, collated, 2), task.per_row_logits(model, collated, 2), rtol=0, atol=1e-4
+        )
+
+
 @pytest.mark.parametrize("name", ["blob", "bbb", "noise", "inducing", "mcdropout", "ensemble"])
 def test_shared_prefix_logits_equal_per_row_logits_for_the_mean_and_held_draws(tiny_llama_dir, batch, name):
     task, collated = batch

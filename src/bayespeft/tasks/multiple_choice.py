@@ -196,11 +196,10 @@ class ClozeMultipleChoiceTask(MultipleChoiceTask):
 
     def left_pad(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """As the letter task's, but a batch of empty rows (no shared prefix anywhere) is one padded column."""
-        if not any(rows):
-            return torch.full((len(rows), 1), self.tokenizer.pad_token_id), torch.zeros(
-                (len(rows), 1), dtype=torch.long
-            )
-        return super().left_pad(rows)
+        if any(rows):
+            return super().left_pad(rows)
+        padding = torch.full((len(rows), 1), self.tokenizer.pad_token_id, dtype=torch.long)
+        return padding, torch.zeros_like(padding)
 
     def class_logits(self, model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 1) -> torch.Tensor:
         """Mean choice-token log-probabilities [repeats * B, C], -inf for absent choices."""
