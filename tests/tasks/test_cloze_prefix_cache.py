@@ -106,7 +106,7 @@ def test_a_batch_without_any_shared_prefix_scores_every_row_from_its_start(tiny_
         )
 
 
-@pytest.mark.parametrize("name", ["blob", "bbb", "noise", "inducing", "mcdropout", "ensemble"])
+@pytest.mark.parametrize("name", ["blob", "blob_laplace", "bbb", "noise", "inducing", "mcdropout", "ensemble"])
 def test_shared_prefix_logits_equal_per_row_logits_for_the_mean_and_held_draws(tiny_llama_dir, batch, name):
     task, collated = batch
     model, method = bayesian_model(tiny_llama_dir, name)
