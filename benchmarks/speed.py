@@ -4,9 +4,13 @@ Measures, in one process and one run (ratios, not absolute times, are the result
   1. forward of a multiple-choice batch with full-sequence logits vs last-position logits;
   2. a BLoB training step in fp32, bf16 autocast and bf16 weights;
   3. an N-sample BLoB evaluation batch: N separate passes vs the N draws stacked in one pass;
-  4. a training step of BLoB vs MLE (the Flipout + KL overhead).
+  4. a training step of BLoB vs MLE (the Flipout + KL overhead);
+  5. cloze scoring with each question's stem run once (shared-prefix key/value cache) vs every
+     choice row run whole: a BLoB training step and an N = 10 evaluation batch (draws stacked),
+     4 questions each, on ARC-Easy, OBQA and WinoGrande.
 
     python benchmarks/speed.py --out benchmarks/results/speed.json
+    python benchmarks/speed.py --cloze-only   # part 5 only, merged into the existing file
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from bayespeft.backbones import load_backbone, lora_targets
 from bayespeft.config import ModelConfig, TrainConfig
 from bayespeft.data.multiple_choice import load_mc_dataset
 from bayespeft.methods import TrainingContext, build_method
-from bayespeft.tasks.multiple_choice import MultipleChoiceTask
+from bayespeft.tasks.multiple_choice import ClozeMultipleChoiceTask, MultipleChoiceTask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +61,53 @@ def make_train_step(method_name: str, precision: str, args):
     return step
 
 
+CLOZE_DATASETS = {"arc_easy": "", "obqa": "_obqa", "winogrande_s": "_winogrande"}  # key suffix per dataset
+
+
+def cloze_prefix_times(dataset: str, args) -> dict[str, float]:
+    """Median times of a BLoB training step and an N = 10 evaluation batch, per-row vs shared-prefix cloze."""
+    model_cfg = ModelConfig(name=args.model, precision="fp32")
+    model, tokenizer, _ = load_backbone(model_cfg)
+    method = build_method("blob")
+    model = method.inject(model, model_cfg.lora, lora_targets(model, model_cfg), "CAUSAL_LM")
+    tasks = {cache: ClozeMultipleChoiceTask(tokenizer, max_length=300, prefix_cache=cache) for cache in (False, True)}
+    encoded = tasks[True].encode(load_mc_dataset(dataset, "train", args.data_dir, limit=64))
+    tasks[False].answer_labels = tasks[True].answer_labels
+    train_batch, eval_batch = tasks[True].collate(encoded[:4]), tasks[True].collate(encoded[4:8])
+    context = TrainingContext(num_examples=2248, batch_size=4, batches_per_epoch=562, total_steps=1000)
+    optimization = method.build_optimization(model, TrainConfig(), context)
+
+    def train_step(task: ClozeMultipleChoiceTask) -> None:
+        model.train()
+        with method.sampling(True):
+            nll = task.loss(task.class_logits(model, train_batch), train_batch["labels"])
+        optimization.step(nll, lambda loss: loss.backward())
+
+    def evaluate(task: ClozeMultipleChoiceTask) -> None:
+        model.eval()
+        with torch.no_grad(), method.sampling(True, seed=0):
+            method.predictive_samples(model, task, eval_batch, n_samples=10, samples_per_pass=10)
+
+    suffix = CLOZE_DATASETS[dataset]
+    functions = {}
+    for cache, name in ((False, "per_row"), (True, "prefix")):
+        functions[f"cloze_train_step_{name}{suffix}_s"] = functools.partial(train_step, tasks[cache])
+        functions[f"cloze_eval_n10_{name}{suffix}_s"] = functools.partial(evaluate, tasks[cache])
+    return interleaved_medians(functions, args.repeats)
+
+
+def cloze_prefix_ratios(times: dict[str, float]) -> dict[str, float]:
+    """Per-row time over shared-prefix time, for every dataset measured."""
+    ratios = {}
+    for suffix in CLOZE_DATASETS.values():
+        for part, key in (("train", "cloze_train_step"), ("eval", "cloze_eval_n10")):
+            if f"{key}_prefix{suffix}_s" in times:
+                ratios[f"cloze_prefix_speedup_{part}{suffix}"] = (
+                    times[f"{key}_per_row{suffix}_s"] / times[f"{key}_prefix{suffix}_s"]
+                )
+    return ratios
+
+
 def interleaved_medians(functions: dict[str, callable], repeats: int) -> dict[str, float]:
     """Median time of each function, timed round-robin so that slow spells hit all of them alike."""
     for fn in functions.values():
@@ -76,8 +127,22 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
+    parser.add_argument("--cloze-only", action="store_true", help="measure part 5 only; merge into --out")
+    parser.add_argument("--cloze-datasets", nargs="+", default=list(CLOZE_DATASETS), choices=list(CLOZE_DATASETS))
+    parser.add_argument("--note", default="", help="how the machine was loaded, stored with the arguments")
     args = parser.parse_args()
-    results: dict[str, float] = {}
+    cloze: dict[str, float] = {}
+    for dataset in args.cloze_datasets:
+        cloze.update(cloze_prefix_times(dataset, args))
+    if args.cloze_only:  # the earlier parts and their arguments stay as they were
+        out = Path(args.out)
+        previous = json.loads(out.read_text()) if out.is_file() else {"times_s": {}, "ratios": {}, "args": {}}
+        times = {**previous["times_s"], **cloze}
+        measured = {dataset: vars(args) for dataset in args.cloze_datasets}  # arguments per dataset measured
+        meta = {"args": previous["args"], "cloze_args": {**previous.get("cloze_args", {}), **measured}}
+        write(out, times, {**previous["ratios"], **cloze_prefix_ratios(times)}, meta)
+        return
+    results: dict[str, float] = dict(cloze)
 
     # 1. last-position logits vs the whole sequence (forward, batch 8)
     model, method, task, encoded = setup("blob", "fp32", args)
@@ -119,14 +184,19 @@ def main() -> None:
         "stacked5_eval_speedup": results["eval_n10_loop_s"] / results["eval_n10_stacked5_s"],
         "stacked10_eval_speedup": results["eval_n10_loop_s"] / results["eval_n10_stacked10_s"],
         "blob_over_mle_train_step": results["train_step_blob_fp32_s"] / results["train_step_mle_fp32_s"],
+        **cloze_prefix_ratios(results),
     }
-    for key, value in results.items():
+    write(Path(args.out), results, ratios, {"args": vars(args)})
+
+
+def write(out: Path, times: dict[str, float], ratios: dict[str, float], meta: dict) -> None:
+    """Print the times and ratios and store them with the arguments (``meta``)."""
+    for key, value in times.items():
         print(f"{key:<40}{value:10.3f} s")
     for key, value in ratios.items():
         print(f"{key:<40}{value:10.2f} x")
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"times_s": results, "ratios": ratios, "args": vars(args)}, indent=2) + "\n")
+    out.write_text(json.dumps({"times_s": times, "ratios": ratios, **meta}, indent=2) + "\n")
     print(f"wrote {out}")
 
 
