@@ -162,6 +162,7 @@ def test_one_sampling_block_is_one_flipout_draw_for_both_calls(tiny_llama_dir, b
         with torch.no_grad(), method.sampling(enabled=True, groups=2):
             task.shared_prefix_logits(model, collated, 2)
             draws_in_block = len(seen)
+        assert method.sampling_state.draws is None  # the block's draws are dropped with it
         with torch.no_grad():
             model(input_ids=collated["input_ids"][:2])
             model(input_ids=collated["input_ids"][:2])

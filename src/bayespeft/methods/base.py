@@ -46,7 +46,7 @@ class SamplingState:
     hold: bool = False  # keep each group's draw for every forward pass of the block (generation)
     seed: int = 0  # base seed of held draws
     block: int = 0  # counts held blocks, so layers know when their cached draw is stale
-    tied: bool = False  # inside a sampling block: every pass reuses the block's draw (see :func:`block_noise`)
+    draws: dict[tuple[int, str], torch.Tensor] | None = None  # this block's noise by (layer id, tag); None outside
 
 
 LAYER_KEY = "bayespeft_key"
@@ -86,19 +86,16 @@ def block_noise(state: SamplingState, layer: nn.Module, tag: str, draw: Callable
 
     A pass split in two calls (a cached question stem, then its choices) must see one posterior
     draw per group, as the single call it replaces; so inside a :meth:`Method.sampling` block the
-    first pass draws and later passes reuse. Outside any block every pass draws anew. Flipout's
-    per-token signs are not part of the draw: they stay fresh per pass, as they are per token.
+    first pass draws and later passes reuse; the draws are dropped when the block ends. Outside
+    any block every pass draws anew. Flipout's per-token signs are not part of the draw: they
+    stay fresh per pass, as they are per token.
     """
-    if not state.tied:
+    if state.draws is None:
         return draw()
-    cache = layer.__dict__.setdefault("_bayespeft_block", {})
-    key = (state.block, state.groups, state.offset)
-    hit = cache.get(tag)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    noise = draw()
-    cache[tag] = (key, noise)
-    return noise
+    key = (id(layer), tag)
+    if key not in state.draws:
+        state.draws[key] = draw()
+    return state.draws[key]
 
 
 class MeanMergeVariant(LoraVariant):
@@ -245,10 +242,10 @@ class Method:
         passes after the first reuse its noise (:func:`block_noise`).
         """
         state = self.sampling_state
-        previous = (state.enabled, state.groups, state.offset, state.hold, state.seed, state.tied)
+        previous = (state.enabled, state.groups, state.offset, state.hold, state.seed, state.draws)
         held_seed = seed if seed is not None else int(torch.randint(0, 2**62, ()).item()) if hold else state.seed
         state.enabled, state.groups, state.offset, state.hold, state.seed = enabled, groups, offset, hold, held_seed
-        state.tied = True
+        state.draws = {}
         state.block += 1
         try:
             if seed is None:
@@ -260,7 +257,7 @@ class Method:
                     torch.manual_seed(seed)
                     yield
         finally:
-            state.enabled, state.groups, state.offset, state.hold, state.seed, state.tied = previous
+            state.enabled, state.groups, state.offset, state.hold, state.seed, state.draws = previous
             state.block += 1
 
     def num_draws(self, n_samples: int) -> int:
