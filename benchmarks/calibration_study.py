@@ -55,6 +55,7 @@ PREDICTIONS = "calibration_study_predictions.json.gz"  # beside the results JSON
 METRICS = {"acc": accuracy, "ece": expected_calibration_error, "nll": negative_log_likelihood, "brier": brier_score}
 SCORES = ("acc", "ece", "nll", "brier", "entropy", "mutual_information", "f1", "matthews_corr")
 REFERENCE = "mle"
+ROUNDED_FLOOR = 5e-7  # half the unit of the 6-decimal rounding of the first records
 _lock = threading.Lock()
 
 
@@ -232,7 +233,7 @@ def run_record(unit: Unit, method: str, run_dir: Path, work: Path, device: str) 
     predictions = {
         "ids": [r["id"] for r in rows],
         "labels": [r["label"] for r in rows],
-        "probs": [[round(p, 6) for p in r["probs"]] for r in rows],
+        "probs": [[float(f"{p:.6g}") for p in r["probs"]] for r in rows],  # 6 significant digits: tiny p kept
     }
     return record, predictions
 
@@ -340,10 +341,13 @@ def paired_bootstrap(
 
 
 def _probs(rows: list[list[float]]) -> torch.Tensor:
+    """Stored probabilities as a tensor (ragged rows zero-padded). Records made before they kept 6 significant
+    digits were rounded to 6 decimals, so a probability below 5e-7 reads 0; it is floored at 5e-7 (half that
+    unit), not at the NLL's 1e-12 clamp, which would charge 27.6 nats to each such example."""
     width = max(len(r) for r in rows)
     probs = torch.zeros(len(rows), width, dtype=torch.float64)
     for i, r in enumerate(rows):
-        probs[i, : len(r)] = torch.tensor(r, dtype=torch.float64)
+        probs[i, : len(r)] = torch.tensor(r, dtype=torch.float64).clamp_min(ROUNDED_FLOOR)
     return probs / probs.sum(-1, keepdim=True)
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from bayespeft.cli import main
 from bayespeft.config import load_config
 from bayespeft.errors import RunDirError
-from bayespeft.training import Trainer, batch_loss, epoch_order
+from bayespeft.training import Trainer, batch_loss, epoch_order, load_examples, unseen_training_examples
 
 
 def tiny_config(model_dir: Path, data_dir: Path, method: str = "blob", steps: int = 6, **extra: str):
@@ -59,6 +59,17 @@ def test_epoch_order_is_a_seeded_permutation():
     assert first == epoch_order(10, seed=3, epoch=0, shuffle=True)
     assert first != epoch_order(10, seed=3, epoch=1, shuffle=True)
     assert epoch_order(5, seed=3, epoch=0, shuffle=False) == [0, 1, 2, 3, 4]
+
+
+def test_unseen_training_examples_follow_the_trained_ones(tiny_llama_dir, shared_data):
+    """The examples post-hoc fits may validate on are the training split's next ones, none of them trained on."""
+    config = tiny_config(tiny_llama_dir, shared_data, "mle")
+    trained = load_examples(config, config.data.train_split, config.data.max_train_examples)
+    unseen = unseen_training_examples(config)(10)
+    assert len(unseen) == 10 and not {e.uid for e in trained} & {e.uid for e in unseen}
+    assert unseen == load_examples(config, config.data.train_split, 34)[24:]
+    whole = tiny_config(tiny_llama_dir, shared_data, "mle", **{"data.max_train_examples": "null"})
+    assert unseen_training_examples(whole) is None
 
 
 @pytest.mark.parametrize("method", ["blob", "mle"])

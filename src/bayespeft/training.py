@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,15 @@ def load_examples(config: RunConfig, split: str, limit: int | None) -> list:
     return examples
 
 
+def unseen_training_examples(config: RunConfig) -> Callable[[int], list] | None:
+    """A loader of up to n training-split examples after the first data.max_train_examples: those training
+    never used (None when the whole split trains)."""
+    offset = config.data.max_train_examples
+    if offset is None:
+        return None
+    return lambda n: load_examples(config, config.data.train_split, offset + n)[offset:]
+
+
 def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
     """The example order of one epoch: a permutation seeded by (seed, epoch), or the data order."""
     if not shuffle:
@@ -332,7 +342,8 @@ class Trainer:
             end_step = config.train.max_steps  # finished: the best held-out weights go on to the final evaluation
         acc.wait_for_everyone()
         if end_step >= config.train.max_steps:  # post-hoc methods (curvature, noise scale) fit now
-            optimization.info.update(method.fit_posthoc(model, task, train_examples, config, acc))
+            unseen = unseen_training_examples(config) if self.train_examples is None else None
+            optimization.info.update(method.fit_posthoc(model, task, train_examples, config, acc, unseen))
         if end_step < config.train.max_steps:
             logger.info("stopped at step %d of %d; continue with --resume", end_step, config.train.max_steps)
             self._finish_tracking()

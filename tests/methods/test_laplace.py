@@ -282,6 +282,7 @@ def test_predictive_samples_are_probabilities(tmp_path):
         ({"prior_precision": 0.0}, "method.prior_precision"),
         ({"fit_examples": 0}, "method.fit_examples"),
         ({"val_examples": 0}, "method.val_examples"),
+        ({"val_data": "test"}, "method.val_data"),
         ({"n_kfac_rank": 0}, "method.n_kfac_rank"),
         ({"link_samples": 0}, "method.link_samples"),
     ],
@@ -311,6 +312,12 @@ def test_errors_no_source_training_steps_no_lora(tmp_path):
         val_method.split_examples(list(range(4)))
     fit, val, pool = val_method.split_examples(list(range(10)))
     assert len(val) == 4 and pool == 6 and not set(fit) & set(val)
+    unseen_method, _ = laplace_model(tmp_path / "src", prior_optimization="val_nll", val_examples=3, val_data="unseen")
+    fit, val, pool = unseen_method.split_examples(list(range(10)), lambda n: list(range(100, 100 + n)))
+    assert sorted(fit) == list(range(10)) and val == [100, 101, 102] and pool == 10
+    for unseen in (None, lambda n: []):
+        with pytest.raises(ConfigError, match=re.escape("method.val_data: unseen needs training-split examples")):
+            unseen_method.split_examples(list(range(10)), unseen)
 
 
 # ---- end to end ----------------------------------------------------------------------------------------------
@@ -336,11 +343,16 @@ def run_config(model_dir: Path, data_dir: Path, method: str, steps: int, *extra:
 
 
 @pytest.mark.parametrize(
-    ("hessian", "prior", "scoring"),
-    [("kron", "marglik", "letter"), ("diag", "val_nll", "letter"), ("kron", "marglik", "cloze")],
-    ids=["kron-marglik", "diag-valnll", "kron-marglik-cloze"],
+    ("hessian", "prior", "scoring", "val_data"),
+    [
+        ("kron", "marglik", "letter", "train"),
+        ("diag", "val_nll", "letter", "train"),
+        ("diag", "val_nll", "letter", "unseen"),
+        ("kron", "marglik", "cloze", "train"),
+    ],
+    ids=["kron-marglik", "diag-valnll", "diag-valnll-unseen", "kron-marglik-cloze"],
 )
-def test_laplace_run_after_an_mle_run(tmp_path_factory, tiny_llama_dir, shared_data, hessian, prior, scoring):
+def test_laplace_run_after_an_mle_run(tmp_path_factory, tiny_llama_dir, shared_data, hessian, prior, scoring, val_data):
     mle_run = tmp_path_factory.getbasetemp() / f"laplace-mle-source-{scoring}"
     scored = f"data.mc_scoring={scoring}"
     if not (mle_run / "metrics.json").is_file():
@@ -348,6 +360,7 @@ def test_laplace_run_after_an_mle_run(tmp_path_factory, tiny_llama_dir, shared_d
     lap_run = tmp_path_factory.mktemp("laplace") / "run"
     extra = [f"method.source_adapter={mle_run / 'adapter'}", f"method.hessian={hessian}", scored]
     extra += [f"method.prior_optimization={prior}", "method.val_examples=4", "method.link_samples=200"]
+    extra += [f"method.val_data={val_data}"]
     config = run_config(tiny_llama_dir, shared_data, "laplace", 0, *extra)
     payload = Trainer(config, lap_run, progress=False).run_training()
     assert payload["status"] == "finished"
@@ -356,7 +369,9 @@ def test_laplace_run_after_an_mle_run(tmp_path_factory, tiny_llama_dir, shared_d
     metrics = json.loads((lap_run / "metrics.json").read_text())
     record = metrics["train"]
     assert record["laplace_hessian"] == hessian and record["prior_precision"] > 0
-    assert record["fit_examples"] == (8 if prior == "val_nll" else 12) and record["fit_time_s"] > 0
+    held_out = prior == "val_nll" and val_data == "train"  # validation taken out of the 12 training examples
+    assert record["fit_examples"] == (8 if held_out else 12) and record["fit_time_s"] > 0
+    assert record["val_examples"] == (4 if prior == "val_nll" else 0) and record["val_data"] == val_data
     assert record["posterior_floats"] > 0
     saved = load_tensors(lap_run / "adapter" / POSTERIOR_FILE)
     if hessian == "kron":  # low-rank factors: at most n_kfac_rank eigenpairs per factor

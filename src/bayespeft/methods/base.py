@@ -284,10 +284,20 @@ class Method:
             done += stack
         return torch.cat(draws).transpose(0, 1)
 
-    def fit_posthoc(self, model: nn.Module, task: Any, train_examples: list, config: Any, accelerator: Any) -> dict:
+    def fit_posthoc(
+        self,
+        model: nn.Module,
+        task: Any,
+        train_examples: list,
+        config: Any,
+        accelerator: Any,
+        unseen: Callable[[int], list] | None = None,
+    ) -> dict:
         """Post-hoc fitting after (or instead of) training, e.g. curvature or a noise scale.
 
-        Returns facts to record in ``metrics.json`` (none for methods trained by gradient descent).
+        ``unseen(n)`` gives up to ``n`` examples of the training split that training never used (None when
+        the whole split trained). Returns facts to record in ``metrics.json`` (none for methods trained by
+        gradient descent).
         """
         return {}
 

@@ -12,7 +12,10 @@ A trained mle/map adapter is loaded; the method then fits, without training:
   the directions outside the kept eigenvectors carry the prior precision only;
 * a scalar prior precision delta, by maximising the Laplace log marginal likelihood (log det via
   the eigenvalues: a log grid, then a golden-section refinement) or by the GLM predictive NLL on
-  ``val_examples`` training examples held out from the curvature fit, or fixed;
+  ``val_examples`` validation examples, or fixed. The validation examples are training examples held out
+  from the curvature fit (``val_data: train``) or examples of the training split that the source adapter
+  never trained on (``val_data: unseen``): after many epochs the adapter has memorised its training set,
+  whose NLL then rewards the smallest posterior variance whatever the held-out data say;
 * the linearised (GLM) predictive: f_mu = the MAP class logits, f_var = J Sigma J^T with J the
   per-example Jacobian of the C logits w.r.t. the LoRA parameters (C backward passes), sampled
   as softmax(f_mu + sqrt(f_var) z).
@@ -31,6 +34,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,7 @@ from .source import FromSourceAdapter
 POSTERIOR_FILE = "laplace_posterior.safetensors"
 HESSIANS = ("kron", "diag")
 PRIOR_OPTIMIZATIONS = ("marglik", "val_nll", "none")
+VAL_DATA = ("train", "unseen")
 MARGLIK_GRID = torch.logspace(-6, 6, 121, dtype=torch.float64)  # then golden-section refined
 VAL_GRID = torch.logspace(-4, 4, 17, dtype=torch.float64)
 GOLDEN_STEPS = 40
@@ -73,6 +78,7 @@ class LaplaceConfig(MethodConfig):
     prior_optimization: str = "marglik"  # marglik | val_nll | none
     fit_examples: int | None = None  # training examples for the curvature (None: all)
     val_examples: int = 200  # for val_nll: held out from the training data, never the test split
+    val_data: str = "train"  # train: held out of the fit examples | unseen: training split beyond max_train_examples
     n_kfac_rank: int = 10  # eigenpairs kept per Kronecker factor
     link_samples: int = 1000  # GLM predictive draws of the logits
 
@@ -97,6 +103,8 @@ class LaplaceConfig(MethodConfig):
             f"must be >= 1 or null (got {self.fit_examples})",
         )
         _require(self.val_examples >= 1, "method.val_examples", f"must be >= 1 (got {self.val_examples})")
+        self.val_data = str(self.val_data).lower()
+        _require(self.val_data in VAL_DATA, "method.val_data", f"must be one of {VAL_DATA} (got {self.val_data!r})")
         _require(self.n_kfac_rank >= 1, "method.n_kfac_rank", f"must be >= 1 (got {self.n_kfac_rank})")
         _require(self.link_samples >= 1, "method.link_samples", f"must be >= 1 (got {self.link_samples})")
 
@@ -329,13 +337,23 @@ class LaplaceLora(FromSourceAdapter, Method):
         return Optimization({}, {})
 
     # ---- the fit ------------------------------------------------------------------------------------
-    def split_examples(self, train_examples: list) -> tuple[list, list, int]:
-        """(fit, validation, pool size): validation held out for val_nll; fit capped at fit_examples."""
+    def split_examples(
+        self, train_examples: list, unseen: Callable[[int], list] | None = None
+    ) -> tuple[list, list, int]:
+        """(fit, validation, pool size): validation for val_nll (held out, or unseen by the source adapter);
+        fit capped at fit_examples."""
         cfg = self.config
         order = list(train_examples)
         random.Random(VAL_SEED).shuffle(order)
         val: list = []
-        if cfg.prior_optimization == "val_nll":
+        if cfg.prior_optimization == "val_nll" and cfg.val_data == "unseen":
+            val = unseen(cfg.val_examples) if unseen is not None else []
+            if not val:
+                raise ConfigError(
+                    "method.val_data: unseen needs training-split examples beyond data.max_train_examples "
+                    "(set data.max_train_examples below the split size, or use val_data=train)"
+                )
+        elif cfg.prior_optimization == "val_nll":
             if len(order) <= cfg.val_examples:
                 raise ConfigError(
                     f"method.val_examples: {cfg.val_examples} held-out examples leave none of the "
@@ -404,12 +422,20 @@ class LaplaceLora(FromSourceAdapter, Method):
                 parts.append(self.posterior[f"{name}.diag"].reshape(-1).double())
         return torch.cat(parts)
 
-    def fit_posthoc(self, model: nn.Module, task: Any, train_examples: list, config: Any, accelerator: Any) -> dict:
+    def fit_posthoc(
+        self,
+        model: nn.Module,
+        task: Any,
+        train_examples: list,
+        config: Any,
+        accelerator: Any,
+        unseen: Callable[[int], list] | None = None,
+    ) -> dict:
         """Curvature on the fit examples, then the prior precision; returns the record for metrics.json."""
         start = time.perf_counter()
         cfg = self.config
         modules = lora_linears(model)
-        fit, val, pool = self.split_examples(train_examples)
+        fit, val, pool = self.split_examples(train_examples, unseen)
         device = accelerator.device if accelerator is not None else torch.device("cpu")
         batch_size = config.eval.batch_size if config is not None else 8
         batches = self._batches(task, fit, batch_size, device)
@@ -439,6 +465,7 @@ class LaplaceLora(FromSourceAdapter, Method):
             "prior_precision": float(delta),
             "fit_examples": count,
             "val_examples": len(val),
+            "val_data": cfg.val_data,
             "curvature_scale": pool / len(fit),
             "lora_params": num_params,
             "posterior_floats": self.posterior_floats(),

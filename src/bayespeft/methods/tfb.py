@@ -182,7 +182,15 @@ class TfbLora(FromSourceAdapter, BlobLora):
                 omega = row_std(layer.lora_B[adapter].weight, sigma, rho.shape[1])
                 rho.copy_((omega.sqrt() if square else inverse_softplus(omega)).to(rho.dtype))
 
-    def fit_posthoc(self, model: nn.Module, task: Any, train_examples: list, config: Any, accelerator: Any) -> dict:
+    def fit_posthoc(
+        self,
+        model: nn.Module,
+        task: Any,
+        train_examples: list,
+        config: Any,
+        accelerator: Any,
+        unseen: Callable[[int], list] | None = None,
+    ) -> dict:
         """Reparameterise, then fix sigma (given, or searched on training anchors); returns the record."""
         cfg = self.config
         anchors = [] if cfg.sigma is not None else self.anchor_examples(train_examples)
