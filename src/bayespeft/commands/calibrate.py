@@ -7,6 +7,7 @@ from typing import Any
 
 from ..rundir import path_flag
 from ..workflows.calibrate import calibrate
+from .dispatch import call_api
 from .flags import add_config_flags, cli_overrides, reject_config
 
 __all__ = ["add_calibrate_parser", "run_calibrate"]
@@ -30,14 +31,7 @@ def add_calibrate_parser(subparsers: Any) -> None:
 def run_calibrate(args: argparse.Namespace) -> int:
     """Run ``bayespeft calibrate`` and print the fitted temperature and how to use it."""
     reject_config(args)
-    payload = calibrate(
-        args.run_dir,
-        overrides=cli_overrides(args),
-        fit_split=args.fit_split,
-        max_fit_examples=args.max_fit_examples,
-        fit_offset=args.fit_offset,
-        progress=not args.quiet,
-    )
+    payload = call_api(calibrate, args, overrides=cli_overrides(args))
     temperature = payload["temperature"]
     print(
         f"temperature {temperature:.4f} fitted on {payload['fit_dataset']} {args.fit_split} "

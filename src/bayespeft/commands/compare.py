@@ -8,6 +8,7 @@ from typing import Any
 
 from ..experiments.compare import DEFAULT_METRICS, TEMPERATURE, compare
 from ..rundir import path_flag
+from .dispatch import call_api
 from .flags import OUTPUT_DIR_FLAGS
 
 __all__ = ["add_compare_parser", "run_compare"]
@@ -56,19 +57,7 @@ def add_compare_parser(subparsers: Any) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Run ``bayespeft compare`` and print the plan or the report; returns 0 when every run finished, 1 otherwise."""
-    manifest = compare(
-        args.methods,
-        args.datasets,
-        args.output_dir,
-        seeds=args.seeds,
-        config=args.config,
-        config_dir=args.config_dir,
-        overrides=args.overrides,
-        metrics=args.metrics,
-        temperature_split=args.temperature_split,
-        dry_run=args.dry_run,
-        progress=not args.quiet,
-    )
+    manifest = call_api(compare, args)
     points = manifest["points"]
     if args.dry_run:
         for entry in points:

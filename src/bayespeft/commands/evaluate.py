@@ -7,6 +7,7 @@ from typing import Any
 
 from ..rundir import path_flag
 from ..workflows.evaluate import evaluate
+from .dispatch import call_api
 from .flags import add_config_flags, cli_overrides, reject_config
 from .output import print_scores
 
@@ -29,13 +30,6 @@ def add_evaluate_parser(subparsers: Any) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``bayespeft evaluate`` and print the scores."""
     reject_config(args)
-    payload = evaluate(
-        args.run_dir,
-        overrides=cli_overrides(args),
-        name=args.name,
-        overwrite=args.overwrite,
-        checkpoint=args.checkpoint,
-        progress=not args.quiet,
-    )
+    payload = call_api(evaluate, args, overrides=cli_overrides(args))
     print_scores(payload, payload["output_dir"])
     return 0

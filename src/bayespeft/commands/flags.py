@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..config import RunConfig
 from ..errors import ConfigError
@@ -22,10 +22,10 @@ __all__ = [
     "OUTPUT_DIR_FLAGS",
     "SWITCH_FLAGS",
     "VALUE_FLAGS",
-    "ValueFlag",
     "add_config_flags",
     "cli_overrides",
     "has_config_key",
+    "is_training_key",
     "reject_config",
     "spec_file_and_overrides",
 ]
@@ -34,95 +34,74 @@ __all__ = [
 OUTPUT_DIR_FLAGS = ("--output-dir", "-o", "--output_dir")
 
 
-class ValueFlag(NamedTuple):
-    """A flag whose value is written into the config at ``key``; ``training``: only training commands offer it."""
-
-    flags: tuple[str, ...]
-    key: str
-    kind: type
-    help: str
-    training: bool = False
-
-
-VALUE_FLAGS: list[ValueFlag] = [
-    ValueFlag(
+#: (flags, dotted key, type, help); a flag value is written into the config at that key.
+VALUE_FLAGS: list[tuple[tuple[str, ...], str, type, str]] = [
+    (
         ("--model", "--model-name", "--model_name_or_path"),
         "model.name",
         str,
         "short name (smollm2-135m, minilm-l6), hub id or folder",
     ),
-    ValueFlag(("--precision",), "model.precision", str, "fp32, bf16 or bf16-autocast"),
-    ValueFlag(("--lora-r",), "model.lora.r", int, "LoRA rank", True),
-    ValueFlag(("--lora-alpha",), "model.lora.alpha", float, "LoRA alpha (scaling alpha / r)", True),
-    ValueFlag(("--lora-dropout",), "model.lora.dropout", float, "LoRA dropout", True),
-    ValueFlag(("--lora-targets",), "model.lora.target_modules", str, "comma-separated module names", True),
-    ValueFlag(("--method", "--modelwrapper"), "method.name", str, "one of: {methods}"),
-    ValueFlag(("--bayes-beta", "--beta"), "method.beta", float, "prior std (blob)", True),
-    ValueFlag(("--bayes-eps", "--eps"), "method.eps", float, "rho initialisation scale (blob)", True),
-    ValueFlag(("--bayes-gamma", "--gamma"), "method.gamma", float, "KL period exponent (blob)", True),
-    ValueFlag(("--bayes-kllr", "--kl-lr"), "method.kl_lr", float, "SGD lr of the KL step (blob)", True),
-    ValueFlag(("--kl-schedule",), "method.kl_schedule", str, "cyclic or uniform (blob)", True),
-    ValueFlag(("--kl-period",), "method.kl_period", str, "dataset_rescaled or epoch (blob)", True),
-    ValueFlag(("--blob-optimization",), "method.optimization", str, "split or elbo (blob)", True),
-    ValueFlag(("--dataset",), "data.dataset", str, "dataset name, e.g. arc_easy, obqa, mmlu:chem"),
-    ValueFlag(("--data-dir",), "data.data_dir", str, "folder in the layout of shared/data (default: the hub)"),
-    ValueFlag(("--train-split",), "data.train_split", str, "train, validation or test", True),
-    ValueFlag(("--eval-split",), "data.eval_split", str, "train, validation or test"),
-    ValueFlag(("--max-train-examples",), "data.max_train_examples", int, "use the first N training examples", True),
-    ValueFlag(("--max-eval-examples",), "data.max_eval_examples", int, "use the first N evaluation examples"),
-    ValueFlag(("--max-seq-len", "--max-length"), "data.max_length", int, "token limit per prompt"),
-    ValueFlag(("--lr", "--learning_rate"), "train.lr", float, "AdamW learning rate", True),
-    ValueFlag(
-        ("--batch-size", "--per_device_train_batch_size"),
-        "train.batch_size",
-        int,
-        "per-process training batch size",
-        True,
-    ),
-    ValueFlag(("--max-steps", "--max-train-steps"), "train.max_steps", int, "optimisation steps", True),
-    ValueFlag(("--epochs", "--num_train_epochs"), "train.epochs", int, "passes over the training data", True),
-    ValueFlag(
+    (("--precision",), "model.precision", str, "fp32, bf16 or bf16-autocast"),
+    (("--lora-r",), "model.lora.r", int, "LoRA rank"),
+    (("--lora-alpha",), "model.lora.alpha", float, "LoRA alpha (scaling alpha / r)"),
+    (("--lora-dropout",), "model.lora.dropout", float, "LoRA dropout"),
+    (("--lora-targets",), "model.lora.target_modules", str, "comma-separated module names"),
+    (("--method", "--modelwrapper"), "method.name", str, "one of: {methods}"),
+    (("--bayes-beta", "--beta"), "method.beta", float, "prior std (blob)"),
+    (("--bayes-eps", "--eps"), "method.eps", float, "rho initialisation scale (blob)"),
+    (("--bayes-gamma", "--gamma"), "method.gamma", float, "KL period exponent (blob)"),
+    (("--bayes-kllr", "--kl-lr"), "method.kl_lr", float, "SGD lr of the KL step (blob)"),
+    (("--kl-schedule",), "method.kl_schedule", str, "cyclic or uniform (blob)"),
+    (("--kl-period",), "method.kl_period", str, "dataset_rescaled or epoch (blob)"),
+    (("--blob-optimization",), "method.optimization", str, "split or elbo (blob)"),
+    (("--dataset",), "data.dataset", str, "dataset name, e.g. arc_easy, obqa, mmlu:chem"),
+    (("--data-dir",), "data.data_dir", str, "folder in the layout of shared/data (default: the hub)"),
+    (("--train-split",), "data.train_split", str, "train, validation or test"),
+    (("--eval-split",), "data.eval_split", str, "train, validation or test"),
+    (("--max-train-examples",), "data.max_train_examples", int, "use the first N training examples"),
+    (("--max-eval-examples",), "data.max_eval_examples", int, "use the first N evaluation examples"),
+    (("--max-seq-len", "--max-length"), "data.max_length", int, "token limit per prompt"),
+    (("--lr", "--learning_rate"), "train.lr", float, "AdamW learning rate"),
+    (("--batch-size", "--per_device_train_batch_size"), "train.batch_size", int, "per-process training batch size"),
+    (("--max-steps", "--max-train-steps"), "train.max_steps", int, "optimisation steps"),
+    (("--epochs", "--num_train_epochs"), "train.epochs", int, "passes over the training data"),
+    (
         ("--gradient-accumulation-steps", "--gradient_accumulation_steps"),
         "train.gradient_accumulation_steps",
         int,
         "micro-batches summed into one optimisation step",
-        True,
     ),
-    ValueFlag(("--warmup-ratio",), "train.warmup_ratio", float, "linear warm-up fraction", True),
-    ValueFlag(("--adam-epsilon",), "train.adam_eps", float, "AdamW epsilon", True),
-    ValueFlag(("--opt-wd", "--weight-decay"), "train.weight_decay", float, "AdamW weight decay", True),
-    ValueFlag(("--seed",), "train.seed", int, "random seed"),
-    ValueFlag(("--checkpoint-every",), "train.checkpoint_every", int, "steps between resumable checkpoints", True),
-    ValueFlag(
+    (("--warmup-ratio",), "train.warmup_ratio", float, "linear warm-up fraction"),
+    (("--adam-epsilon",), "train.adam_eps", float, "AdamW epsilon"),
+    (("--opt-wd", "--weight-decay"), "train.weight_decay", float, "AdamW weight decay"),
+    (("--seed",), "train.seed", int, "random seed"),
+    (("--checkpoint-every",), "train.checkpoint_every", int, "steps between resumable checkpoints"),
+    (
         ("--eval-every", "--eval_steps"),
         "train.eval_every",
         int,
         "evaluate on held-out data every k steps (0 = only at the end)",
-        True,
     ),
-    ValueFlag(
-        ("--report-to",),
-        "train.report_to",
-        str,
-        "experiment trackers, comma-separated: tensorboard, wandb",
-        True,
-    ),
-    ValueFlag(
+    (("--report-to",), "train.report_to", str, "experiment trackers, comma-separated: tensorboard, wandb"),
+    (
         ("--n-samples", "--bayes-eval-n-samples", "--bayes-eval-n-samples-final"),
         "eval.n_samples",
         int,
         "posterior samples at evaluation (0 = posterior mean)",
     ),
-    ValueFlag(("--eval-batch-size",), "eval.batch_size", int, "evaluation batch size"),
-    ValueFlag(("--samples-per-pass",), "eval.samples_per_pass", int, "posterior draws stacked in one forward pass"),
-    ValueFlag(("--n-bins",), "eval.n_bins", int, "calibration bins for ECE"),
+    (("--eval-batch-size",), "eval.batch_size", int, "evaluation batch size"),
+    (("--samples-per-pass",), "eval.samples_per_pass", int, "posterior draws stacked in one forward pass"),
+    (("--n-bins",), "eval.n_bins", int, "calibration bins for ECE"),
 ]
-#: Reference on/off switches: flag -> (dotted key, value when given, training only).
-SWITCH_FLAGS: dict[str, tuple[str, Any, bool]] = {
-    "--bayes-inference-notsample": ("eval.n_samples", 0, False),
-    "--bayes-klreweighting": ("method.kl_schedule", "cyclic", True),
-    "--bayes-datasetrescaling": ("method.kl_period", "dataset_rescaled", True),
+#: Reference on/off switches: flag -> (dotted key, value when given).
+SWITCH_FLAGS: dict[str, tuple[str, Any]] = {
+    "--bayes-inference-notsample": ("eval.n_samples", 0),
+    "--bayes-klreweighting": ("method.kl_schedule", "cyclic"),
+    "--bayes-datasetrescaling": ("method.kl_period", "dataset_rescaled"),
 }
+#: Keys that only change how a run trains, outside ``train.`` and ``model.lora.`` (method knobs other than its name).
+_TRAINING_DATA_KEYS = ("data.train_split", "data.max_train_examples")
 
 
 def has_config_key(key: str) -> bool:
@@ -140,11 +119,18 @@ def has_config_key(key: str) -> bool:
     return True
 
 
-def _offered(training: bool) -> tuple[list[ValueFlag], dict[str, tuple[str, Any, bool]]]:
-    """The value flags and switches a command offers: all of them, or those that do not change training."""
-    values = [f for f in VALUE_FLAGS if has_config_key(f.key) and (training or not f.training)]
-    switches = {flag: spec for flag, spec in SWITCH_FLAGS.items() if training or not spec[2]}
-    return values, switches
+def is_training_key(key: str) -> bool:
+    """Whether setting ``key`` only changes training: optimisation, LoRA shape, training data, method knobs.
+
+    ``train.seed`` is not one: it also seeds what evaluation rebuilds (a randomly initialised head).
+    """
+    if key == "train.seed":
+        return False
+    return (
+        key.startswith(("train.", "model.lora."))
+        or key in _TRAINING_DATA_KEYS
+        or (key.startswith("method.") and key != "method.name")
+    )
 
 
 def add_config_flags(parser: argparse.ArgumentParser, *, training: bool = True) -> None:
@@ -153,23 +139,24 @@ def add_config_flags(parser: argparse.ArgumentParser, *, training: bool = True) 
     parser.add_argument("--config", "-c", type=Path, help="YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. method.beta=0.1")
     group = parser.add_argument_group("config shortcuts")
-    values, switches = _offered(training)
-    for flag in values:
-        text = flag.help.format(methods=", ".join(method_names()))
-        group.add_argument(*flag.flags, dest=flag.key, type=flag.kind, default=None, help=f"{text} [{flag.key}]")
-    for name, (key, value, _) in switches.items():
-        group.add_argument(name, dest=f"switch:{name}", action="store_true", help=f"sets {key}={value}")
+    for flags, key, kind, text in VALUE_FLAGS:
+        if has_config_key(key) and (training or not is_training_key(key)):
+            text = text.format(methods=", ".join(method_names()))
+            group.add_argument(*flags, dest=key, type=kind, default=None, help=f"{text} [{key}]")
+    for flag, (key, value) in SWITCH_FLAGS.items():
+        if training or not is_training_key(key):
+            group.add_argument(flag, dest=f"switch:{flag}", action="store_true", help=f"sets {key}={value}")
 
 
 def cli_overrides(args: argparse.Namespace) -> list[str]:
     """Positional overrides first, then flags (flags win), as dotted key=value strings."""
     items = list(args.overrides)
-    for flag in VALUE_FLAGS:
-        value = getattr(args, flag.key, None)
+    for _flags, key, _kind, _ in VALUE_FLAGS:
+        value = getattr(args, key, None)  # absent: a flag this command does not offer
         if value is not None:
-            items.append(f"{flag.key}={_yaml_value(flag.key, value)}")
-    for name, (key, value, _) in SWITCH_FLAGS.items():
-        if getattr(args, f"switch:{name}", False):
+            items.append(f"{key}={_yaml_value(key, value)}")
+    for flag, (key, value) in SWITCH_FLAGS.items():
+        if getattr(args, f"switch:{flag}", False):
             items.append(f"{key}={value}")
     return items
 

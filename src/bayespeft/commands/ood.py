@@ -7,6 +7,7 @@ from typing import Any
 
 from ..rundir import path_flag
 from ..workflows.ood import ood
+from .dispatch import call_api
 from .flags import add_config_flags, cli_overrides, reject_config
 
 __all__ = ["add_ood_parser", "run_ood"]
@@ -34,8 +35,6 @@ def add_ood_parser(subparsers: Any) -> None:
 def run_ood(args: argparse.Namespace) -> int:
     """Run ``bayespeft ood`` and print the summary table."""
     reject_config(args)
-    summary = ood(
-        args.run_dir, args.datasets, overrides=cli_overrides(args), overwrite=args.overwrite, progress=not args.quiet
-    )
+    summary = call_api(ood, args, overrides=cli_overrides(args))
     print(summary["table"], end="")
     return 0

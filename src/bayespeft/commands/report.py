@@ -8,6 +8,7 @@ from typing import Any
 
 from ..experiments.report import DEFAULT_GROUP_BY, DEFAULT_METRICS, GROUP_FIELDS, report
 from ..rundir import path_flag
+from .dispatch import call_api
 from .flags import OUTPUT_DIR_FLAGS
 
 __all__ = ["add_report_parser", "run_report"]
@@ -40,7 +41,7 @@ def add_report_parser(subparsers: Any) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     """Run ``bayespeft report``: write the report and print the Markdown table; returns 0."""
-    written = report(args.paths, args.output_dir, metrics=args.metrics, group_by=args.group_by, n_bins=args.n_bins)
+    written = call_api(report, args)
     print(written["markdown"].read_text(encoding="utf-8"), end="")
     print(f"wrote {', '.join(p.name for p in written.values())} -> {args.output_dir}")
     return 0

@@ -8,6 +8,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..rundir import path_flag
 from ..sampling.sample import sample
+from .dispatch import call_api
 from .flags import add_config_flags, cli_overrides
 
 __all__ = ["add_sample_parser", "run_sample"]
@@ -42,16 +43,7 @@ def run_sample(args: argparse.Namespace) -> int:
     """Run ``bayespeft sample`` and print what this machine sampled."""
     if getattr(args, "eval.n_samples") is not None:
         raise ConfigError("--n-samples: sets eval.n_samples, which sampling does not read; use generation.n_samples=S")
-    done = sample(
-        args.store,
-        run_dir=args.run_dir,
-        config=args.config,
-        overrides=cli_overrides(args),
-        split=args.split,
-        max_examples=args.max_examples,
-        shard=args.shard,
-        progress=not args.quiet,
-    )
+    done = call_api(sample, args, overrides=cli_overrides(args))
     if done["main_process"]:
         print(
             f"{done['method']} on {done['dataset']} {done['split']}: {done['examples']} examples in shard "

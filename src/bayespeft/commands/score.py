@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from ..metrics import REFERENCE_AGGREGATES
 from ..rundir import path_flag
 from ..sampling.score import CLUSTERINGS, CORRECTNESS_JUDGES, score
+from .dispatch import call_api
 from .flags import OUTPUT_DIR_FLAGS
 
 __all__ = ["add_score_parser", "run_score"]
@@ -66,24 +67,7 @@ def run_score(args: argparse.Namespace) -> int:
     """Run ``bayespeft score`` and print the tables."""
     if args.overrides:
         raise ConfigError(f"score: unexpected argument {args.overrides[0]!r}")
-    payload = score(
-        args.store,
-        args.output_dir,
-        data_dir=args.data_dir,
-        correctness=args.correctness,
-        f1_threshold=args.f1_threshold,
-        nli_model=args.nli_model,
-        nli_threshold=args.nli_threshold,
-        judge_model=args.judge_model,
-        cluster=args.cluster,
-        embedding_model=args.embedding_model,
-        similarity_threshold=args.similarity_threshold,
-        bertscore_model=args.bertscore_model,
-        kde_aggregate=args.kde_aggregate,
-        n_boot=args.n_boot,
-        confidence=args.confidence,
-        seed=args.seed,
-    )
+    payload = call_api(score, args, stores=args.store)
     print(payload["markdown"], end="")
     for store in payload["stores"]:
         if store["incomplete_examples_skipped"]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..experiments.sweep import sweep
 from ..rundir import path_flag
+from .dispatch import call_api
 from .flags import OUTPUT_DIR_FLAGS, spec_file_and_overrides
 
 __all__ = ["add_sweep_parser", "run_sweep"]
@@ -47,18 +48,7 @@ def add_sweep_parser(subparsers: Any) -> None:
 def run_sweep(args: argparse.Namespace) -> int:
     """Run ``bayespeft sweep`` and print the plan or the results; returns 0 when every point finished, 1 otherwise."""
     spec, overrides = spec_file_and_overrides(args, "sweep")
-    manifest = sweep(
-        spec,
-        overrides=overrides,
-        config=args.config,
-        config_dir=args.config_dir,
-        grid=args.grid,
-        seeds=args.seeds,
-        datasets=args.datasets,
-        output_dir=args.output_dir,
-        dry_run=args.dry_run,
-        progress=not args.quiet,
-    )
+    manifest = call_api(sweep, args, spec=spec, overrides=overrides)
     points = manifest["points"]
     if args.dry_run:
         for entry in points:

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..rundir import path_flag
 from ..workflows.train import train
+from .dispatch import call_api
 from .flags import OUTPUT_DIR_FLAGS, add_config_flags, cli_overrides
 from .output import print_scores
 
@@ -36,15 +37,7 @@ def add_train_parser(subparsers: Any) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``bayespeft train`` and print the scores (or how to resume a paused run)."""
-    payload = train(
-        args.config,
-        args.output_dir,
-        overrides=cli_overrides(args),
-        overwrite=args.overwrite,
-        resume=args.resume,
-        stop_after_steps=args.stop_after_steps,
-        progress=not args.quiet,
-    )
+    payload = call_api(train, args, overrides=cli_overrides(args))
     if payload["status"] == "paused":
         print(f"stopped after step {payload['step']}; continue with: bayespeft train -o {args.output_dir} --resume")
     else:

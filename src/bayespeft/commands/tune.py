@@ -8,6 +8,7 @@ from typing import Any
 
 from ..experiments.tune import tune
 from ..rundir import path_flag
+from .dispatch import call_api
 from .flags import OUTPUT_DIR_FLAGS, spec_file_and_overrides
 
 __all__ = ["add_tune_parser", "run_tune"]
@@ -62,23 +63,7 @@ def add_tune_parser(subparsers: Any) -> None:
 def run_tune(args: argparse.Namespace) -> int:
     """Run ``bayespeft tune`` and print the Pareto table; returns 0 unless every trial of this call failed (then 1)."""
     spec, overrides = spec_file_and_overrides(args, "tune")
-    summary = tune(
-        spec,
-        overrides=overrides,
-        config=args.config,
-        config_dir=args.config_dir,
-        space=args.space,
-        objectives=args.objectives,
-        trials=args.trials,
-        storage=args.storage,
-        study_name=args.study_name,
-        output_dir=args.output_dir,
-        validation_fraction=args.validation_fraction,
-        validation_seed=args.validation_seed,
-        sampler=args.sampler,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
+    summary = call_api(tune, args, spec=spec, overrides=overrides)
     rows = {r["trial"]: r for r in summary["trials"]}
     print((Path(summary["output_dir"]) / "pareto.md").read_text(encoding="utf-8"), end="")
     done = [n for n in summary["this_run"] if rows.get(n, {}).get("state") == "COMPLETE"]

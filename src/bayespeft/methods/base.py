@@ -426,12 +426,8 @@ def method_names() -> list[str]:
 
 
 def method_class(name: str) -> type[Method]:
-    try:
-        return _REGISTRY[name.lower()]
-    except KeyError:
-        raise ConfigError(
-            f"method.name: unknown method {name!r} (choose one of: {', '.join(method_names())})"
-        ) from None
+    method_config_class(name)  # an unknown name: the ConfigError listing the registered methods
+    return _REGISTRY[name.lower()]
 
 
 def build_method(config: MethodConfig | str, **overrides: Any) -> Method:
