@@ -100,7 +100,7 @@ SWITCH_FLAGS: dict[str, tuple[str, Any]] = {
     "--bayes-klreweighting": ("method.kl_schedule", "cyclic"),
     "--bayes-datasetrescaling": ("method.kl_period", "dataset_rescaled"),
 }
-#: Keys that only change how a run trains, outside ``train.`` and ``model.lora.`` (method knobs other than its name).
+#: Data keys that only change training (its split and size); see is_training_key for the rest.
 _TRAINING_DATA_KEYS = ("data.train_split", "data.max_train_examples")
 
 
