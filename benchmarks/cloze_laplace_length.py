@@ -21,8 +21,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from bayespeft.config import load_config
+from bayespeft.experiments.report import load_predictions
 from bayespeft.methods.laplace import LaplaceLora
-from bayespeft.report import load_predictions
 from bayespeft.tasks.multiple_choice import ClozeMultipleChoiceTask
 from bayespeft.training import build_session, load_examples
 

@@ -31,8 +31,8 @@ from torch import Tensor
 
 from bayespeft.backbones import load_tokenizer, resolve_model
 from bayespeft.config import load_config
+from bayespeft.experiments.report import load_predictions
 from bayespeft.metrics.ood import auroc
-from bayespeft.report import load_predictions
 from bayespeft.rundir import RunDir
 from bayespeft.tasks.multiple_choice import ClozeMultipleChoiceTask
 from bayespeft.training import load_examples

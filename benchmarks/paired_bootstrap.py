@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from bayespeft.experiments.report import load_predictions
 from bayespeft.metrics.classification import expected_calibration_error, negative_log_likelihood
-from bayespeft.report import load_predictions
 
 METRICS = {"ece": expected_calibration_error, "nll": negative_log_likelihood}
 

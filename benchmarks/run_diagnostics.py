@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from bayespeft.experiments.report import load_predictions
 from bayespeft.methods import build_method
 from bayespeft.methods.base import ADAPTER_WEIGHTS, read_method_file
 from bayespeft.methods.blob import posterior_std
-from bayespeft.report import load_predictions
 from bayespeft.rundir import RunDir
 
 FACTORS = {"A": "lora_A", "B": "lora_B"}

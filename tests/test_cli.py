@@ -12,7 +12,8 @@ import pytest
 from fake_arc import ARC_FILES, write_arc
 
 from bayespeft import __version__
-from bayespeft.cli import build_parser, cli_overrides, main, parse_args
+from bayespeft.cli import build_parser, main, parse_args
+from bayespeft.commands.flags import cli_overrides
 from bayespeft.config import load_config
 from bayespeft.methods import BlobConfig
 

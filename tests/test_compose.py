@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bayespeft.compose import compose_config, deep_merge, split_overrides
+from bayespeft.compose import deep_merge, split_overrides
+from bayespeft.config import load_config
 from bayespeft.errors import ConfigError
 
 
@@ -43,7 +44,7 @@ def test_deep_merge_merges_mappings_and_replaces_lists():
 
 
 def test_defaults_list_and_merge_order(tree):
-    config = compose_config(tree / "base.yaml")
+    config = load_config(tree / "base.yaml")
     assert config.model.name == "tiny-model"  # the model file wins over the base
     assert config.model.lora.r == 4 and config.model.lora.alpha == 8.0  # deep merge keeps the base's r
     assert config.model.lora.target_modules == ["q_proj", "v_proj"]
@@ -53,7 +54,7 @@ def test_defaults_list_and_merge_order(tree):
 
 
 def test_group_selection_versus_dotted_override(tree):
-    config = compose_config(tree / "base.yaml", {}, ["method.beta=0.1", "data=obqa", "model=wrapped"])
+    config = load_config(tree / "base.yaml", ["method.beta=0.1", "data=obqa", "model=wrapped"])
     assert config.method.beta == 0.1 and config.method.gamma == 4.0
     assert config.data.dataset == "obqa"
     assert config.data.max_train_examples is None  # arc_easy's file was not selected
@@ -61,30 +62,30 @@ def test_group_selection_versus_dotted_override(tree):
 
 
 def test_dotted_overrides_win_over_group_files_in_any_order(tree):
-    config = compose_config(tree / "base.yaml", {}, ["method.gamma=12", "method=blob", "train.max_steps=3"])
+    config = load_config(tree / "base.yaml", ["method.gamma=12", "method=blob", "train.max_steps=3"])
     assert config.method.gamma == 12.0 and config.train.max_steps == 3
 
 
 def test_groups_argument_takes_names_or_paths(tree, tmp_path):
     other = write(tmp_path / "elsewhere.yaml", "method: {name: blob, beta: 0.3}\n")
-    assert compose_config(tree / "base.yaml", {"method": other}).method.beta == 0.3
-    assert compose_config(tree / "base.yaml", {"method": str(other)}).method.beta == 0.3
-    assert compose_config(tree / "base.yaml", {"data": "obqa"}).data.dataset == "obqa"
+    assert load_config(tree / "base.yaml", groups={"method": other}).method.beta == 0.3
+    assert load_config(tree / "base.yaml", groups={"method": str(other)}).method.beta == 0.3
+    assert load_config(tree / "base.yaml", groups={"data": "obqa"}).data.dataset == "obqa"
 
 
 def test_switching_method_drops_the_other_methods_parameters(tree):
     inline = {"method": {"name": "blob", "beta": 0.3}}
-    assert compose_config(inline, {"method": "mle"}, config_dir=tree).method.name == "mle"
-    assert compose_config(inline, {"method": "blob"}, config_dir=tree).method.gamma == 4.0  # same method: merged
-    assert compose_config(inline, {"method": "blob"}, ["method.beta=0.3"], config_dir=tree).method.beta == 0.3
+    assert load_config(inline, groups={"method": "mle"}, config_dir=tree).method.name == "mle"
+    assert load_config(inline, groups={"method": "blob"}, config_dir=tree).method.gamma == 4.0  # same method: merged
+    assert load_config(inline, ["method.beta=0.3"], groups={"method": "blob"}, config_dir=tree).method.beta == 0.3
 
 
 def test_inline_base_with_config_dir_and_no_base(tree, monkeypatch):
-    config = compose_config({"train": {"seed": 3}}, {"method": "blob"}, config_dir=tree)
+    config = load_config({"train": {"seed": 3}}, groups={"method": "blob"}, config_dir=tree)
     assert config.train.seed == 3 and config.method.gamma == 4.0
     monkeypatch.chdir(tree.parent)  # no base: groups are looked up under ./configs
-    assert compose_config(None, {}, ["method=blob"]).method.gamma == 4.0
-    assert compose_config(None).method.name == "blob"
+    assert load_config(None, ["method=blob"]).method.gamma == 4.0
+    assert load_config(None).method.name == "blob"
 
 
 def test_split_overrides():
@@ -96,33 +97,33 @@ def test_split_overrides():
 
 def test_missing_group_file_names_path_and_choices(tree):
     with pytest.raises(ConfigError, match=r"method=blobb: .*method/blobb\.yaml not found \(available: blob, mle\)"):
-        compose_config(tree / "base.yaml", {}, ["method=blobb"])
+        load_config(tree / "base.yaml", ["method=blobb"])
     with pytest.raises(ConfigError, match=r"available: none"):
-        compose_config(tree / "base.yaml", {}, ["eval=fast"])
+        load_config(tree / "base.yaml", ["eval=fast"])
 
 
 def test_unknown_group_and_empty_selection(tree):
     with pytest.raises(ConfigError, match=r"unknown config group 'optim'.*method\.beta=0\.1"):
-        compose_config(tree / "base.yaml", {}, ["optim=adam"])
+        load_config(tree / "base.yaml", ["optim=adam"])
     with pytest.raises(ConfigError, match=r"name a method config"):
-        compose_config(tree / "base.yaml", {}, ["method="])
+        load_config(tree / "base.yaml", ["method="])
 
 
 def test_group_file_must_be_a_mapping(tree):
     write(tree / "method" / "bad.yaml", "- name: blob\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: expected a mapping at the top level, got list"):
-        compose_config(tree / "base.yaml", {}, ["method=bad"])
+        load_config(tree / "base.yaml", ["method=bad"])
     write(tree / "method" / "scalar.yaml", "method: 3\n")
     with pytest.raises(ConfigError, match=r"scalar\.yaml: method must be a mapping"):
-        compose_config(tree / "base.yaml", {}, ["method=scalar"])
+        load_config(tree / "base.yaml", ["method=scalar"])
 
 
 def test_unknown_key_names_the_key_and_the_files(tree):
     write(tree / "method" / "typo.yaml", "name: blob\nbetta: 0.1\n")
     with pytest.raises(ConfigError, match=r"method/typo\.yaml.*unknown key method\.betta"):
-        compose_config(tree / "base.yaml", {}, ["method=typo"])
+        load_config(tree / "base.yaml", ["method=typo"])
     with pytest.raises(ConfigError, match=r"unknown key train\.steps"):
-        compose_config(tree / "base.yaml", {}, ["train.steps=3"])
+        load_config(tree / "base.yaml", ["train.steps=3"])
 
 
 def test_bad_defaults(tree):
@@ -139,9 +140,9 @@ def test_bad_defaults(tree):
         ("b5", r"b5\.yaml:\d+: invalid YAML"),
     ]:
         with pytest.raises(ConfigError, match=pattern):
-            compose_config(tree / f"{name}.yaml")
+            load_config(tree / f"{name}.yaml")
 
 
 def test_missing_base_file(tmp_path):
     with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
-        compose_config(tmp_path / "nope.yaml")
+        load_config(tmp_path / "nope.yaml")

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bayespeft.config import RunConfig, apply_override, load_config, save_config
+from bayespeft.compose import apply_override
+from bayespeft.config import RunConfig, load_config, save_config
 from bayespeft.errors import ConfigError
 from bayespeft.methods import BlobConfig, MapConfig, MleConfig
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from bayespeft import training
-from bayespeft.cli import cli_overrides, main, parse_args
+from bayespeft.cli import main, parse_args
+from bayespeft.commands.flags import cli_overrides
 from bayespeft.config import load_config
 from bayespeft.errors import ConfigError
 from bayespeft.training import Trainer, make_accelerator

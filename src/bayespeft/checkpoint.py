@@ -119,6 +119,17 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a rendered figure, say): the old file or the new one, whole."""
+    path = Path(path)
+    tmp = _temp_path(path)
+    try:
+        tmp.write_bytes(data)
+        _replace_with(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file, raising ``RunDirError`` naming the file if missing or malformed."""
     path = Path(path)

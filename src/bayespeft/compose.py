@@ -1,4 +1,8 @@
-"""Config composition, Hydra style: a base YAML, group files and dotted overrides.
+"""Config composition on plain mappings, Hydra style: a base YAML, group files and dotted overrides.
+
+This is the layer under :mod:`bayespeft.config`: it reads YAML and merges mappings, and
+:func:`bayespeft.config.load_config` turns the result into a validated ``RunConfig`` (the one
+function the commands and the Python API compose with).
 
 A config directory holds a base file and one folder per group (a top-level section of
 :class:`~bayespeft.config.RunConfig`)::
@@ -28,14 +32,16 @@ Rules:
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, apply_override, read_yaml
+import yaml
+
 from .errors import ConfigError
 
-__all__ = ["GROUPS", "compose_config", "deep_merge", "split_overrides"]
+__all__ = ["GROUPS", "apply_override", "compose_mapping", "deep_merge", "override_item", "read_yaml", "split_overrides"]
 
 #: Config groups, in merge order.
 GROUPS = ("model", "method", "data", "train", "eval")
@@ -69,14 +75,14 @@ def split_overrides(overrides: Iterable[str]) -> tuple[dict[str, str], list[str]
     return selections, dotted
 
 
-def compose_config(
+def compose_mapping(
     base: str | Path | Mapping[str, Any] | None,
     groups: Mapping[str, str | Path] | None = None,
     overrides: Iterable[str] = (),
     *,
     config_dir: str | Path | None = None,
-) -> RunConfig:
-    """Compose and validate a run config (see the module docstring for the rules).
+) -> tuple[dict[str, Any], str]:
+    """The composed plain config and a description of its sources (see the module docstring for the rules).
 
     ``base`` is a YAML file, an inline mapping or None (the defaults); ``groups`` maps a
     group to a config name or file. Errors name the file, group or key at fault.
@@ -106,7 +112,43 @@ def compose_config(
         apply_override(raw, item)
     if dotted:
         sources.append("overrides")
-    return RunConfig.from_dict(raw, " + ".join(sources) or "defaults").validate()
+    return raw, " + ".join(sources) or "defaults"
+
+
+def override_item(key: str, value: Any) -> str:
+    """A ``key=value`` override: group selections by name, dotted keys as JSON (valid YAML)."""
+    return f"{key}={value}" if "." not in key else f"{key}={json.dumps(value)}"
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's content (safe loader); a missing, non-UTF-8 or malformed file is a ConfigError naming it."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``raw[a][b] = value`` from ``"a.b=value"``; the value is parsed as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. method.beta=0.1")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        if node.get(part) is None:  # absent, or an empty section in the YAML (``method:``)
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
 
 
 def _check_group(name: str, where: str) -> None:

@@ -12,13 +12,14 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .compose import compose_mapping
 from .enums import MCScoring, ModelKind, Precision
 from .errors import ConfigError
 
@@ -40,6 +41,25 @@ class MethodConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for invalid values (field names as ``method.<field>``)."""
+
+
+#: Method name -> its config class; filled by :func:`bayespeft.methods.register_method` (config never imports methods).
+_METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+
+
+def register_method_config(name: str, config_class: type[MethodConfig]) -> None:
+    """Make ``config_class`` the config of method ``name`` (called when a method registers)."""
+    _METHOD_CONFIGS[name] = config_class
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    """The config class of method ``name``; an unknown name is a ConfigError listing the known ones."""
+    try:
+        return _METHOD_CONFIGS[name.lower()]
+    except KeyError:
+        raise ConfigError(
+            f"method.name: unknown method {name!r} (choose one of: {', '.join(sorted(_METHOD_CONFIGS))})"
+        ) from None
 
 
 @dataclass
@@ -222,8 +242,6 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
         """Build from nested plain data, rejecting unknown keys and wrong types by dotted name."""
-        from .methods import method_config_class
-
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a mapping at the top level")
         raw = dict(raw)
@@ -234,55 +252,26 @@ class RunConfig:
         return config
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (or start from defaults) and apply ``a.b=value`` overrides."""
-    raw: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        raw = read_yaml(path, "config file") or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    for item in overrides or []:
-        apply_override(raw, item)
+def load_config(
+    base: str | Path | Mapping[str, Any] | None = None,
+    overrides: Iterable[str] | None = None,
+    *,
+    groups: Mapping[str, str | Path] | None = None,
+    config_dir: str | Path | None = None,
+) -> RunConfig:
+    """Compose and validate a run config: the one composition the commands and the Python API share.
+
+    ``base`` is a YAML file (its ``defaults`` list selects group files), an inline mapping or
+    None (the defaults); ``groups`` selects group files by name or path; ``overrides`` are
+    ``a.b=value`` settings or ``group=name`` selections. See :mod:`bayespeft.compose` for the rules.
+    """
+    raw, source = compose_mapping(base, groups, overrides or (), config_dir=config_dir)
     return RunConfig.from_dict(raw, source).validate()
-
-
-def read_yaml(path: Path, what: str) -> Any:
-    """A YAML file's content (safe loader); a missing, non-UTF-8 or malformed file is a ConfigError naming it."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: {what} not found")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
 
 
 def check_seed(seed: int, name: str) -> None:
     """A seed must be in [0, 2**32) (what numpy and torch accept); ``name`` is the field or flag."""
     _require(0 <= seed < SEED_LIMIT, name, f"must be in [0, 2**32) (got {seed})")
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set ``raw[a][b] = value`` from ``"a.b=value"``; the value is parsed as YAML."""
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {item!r}: expected key=value, e.g. method.beta=0.1")
-    node = raw
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        if node.get(part) is None:  # absent, or an empty section in the YAML (``method:``)
-            node[part] = {}
-        node = node[part]
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
 
 
 def save_config(config: RunConfig, path: Path) -> None:

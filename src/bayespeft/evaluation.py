@@ -19,7 +19,7 @@ from .checkpoint import write_text_atomic
 from .config import EvalConfig
 from .data.classification import task_metric
 from .errors import ConfigError, NumericalError
-from .methods import Method
+from .methods.base import Method
 from .metrics import UncertaintyMetrics
 from .tasks.base import Example, Task
 from .tasks.generative import GenerativeTask, mc2_score

@@ -23,7 +23,7 @@ from peft.tuners.lora.layer import LoraVariant
 from torch import nn
 
 from ..checkpoint import load_tensors, read_json, save_tensors_atomic, write_json_atomic
-from ..config import LoraSettings, MethodConfig, TrainConfig
+from ..config import LoraSettings, MethodConfig, TrainConfig, method_config_class, register_method_config
 from ..errors import ConfigError, NumericalError, RunDirError
 from ..predictive import sample_probabilities
 
@@ -417,6 +417,7 @@ _REGISTRY: dict[str, type[Method]] = {}
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: make ``cls`` available under ``cls.name``."""
     _REGISTRY[cls.name] = cls
+    register_method_config(cls.name, cls.config_class)
     return cls
 
 
@@ -425,16 +426,8 @@ def method_names() -> list[str]:
 
 
 def method_class(name: str) -> type[Method]:
-    try:
-        return _REGISTRY[name.lower()]
-    except KeyError:
-        raise ConfigError(
-            f"method.name: unknown method {name!r} (choose one of: {', '.join(method_names())})"
-        ) from None
-
-
-def method_config_class(name: str) -> type[MethodConfig]:
-    return method_class(name).config_class
+    method_config_class(name)  # an unknown name: the ConfigError listing the registered methods
+    return _REGISTRY[name.lower()]
 
 
 def build_method(config: MethodConfig | str, **overrides: Any) -> Method:

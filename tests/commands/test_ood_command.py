@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-from bayespeft.cli import _parse_dataset_list, main
+from bayespeft.cli import main
+from bayespeft.workflows.ood import parse_dataset_list
 
 
 def test_dataset_list_defaults_to_validation_and_mmlu_test():
-    assert _parse_dataset_list("arc_challenge, mmlu:college_physics,obqa@test") == [
+    assert parse_dataset_list("arc_challenge, mmlu:college_physics,obqa@test") == [
         ("arc_challenge", "validation"),
         ("mmlu:college_physics", "test"),
         ("obqa", "test"),

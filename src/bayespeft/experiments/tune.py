@@ -37,7 +37,7 @@ other one) and ``plots/pareto_3d.png`` (the first three objectives), non-dominat
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 import random
@@ -49,18 +49,17 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import write_json_atomic, write_text_atomic
-from .compose import GROUPS, compose_config
-from .config import RunConfig, check_seed, read_yaml
-from .errors import BayesPeftError, ConfigError, RunDirError
-from .rundir import check_writable, path_flag
-from .training import Trainer, is_classification_dataset, load_examples
+from ..checkpoint import write_json_atomic, write_text_atomic
+from ..compose import GROUPS, override_item, read_yaml
+from ..config import RunConfig, check_seed, load_config
+from ..errors import BayesPeftError, ConfigError, RunDirError
+from ..rundir import check_writable
+from ..training import Trainer, is_classification_dataset, load_examples
 
 __all__ = [
     "ALWAYS_METRICS",
     "SearchParam",
     "TuneSpec",
-    "add_tune_parser",
     "carve_validation",
     "check_objective_metrics",
     "execute_tune",
@@ -69,7 +68,7 @@ __all__ = [
     "parse_objectives",
     "parse_space",
     "plot_pareto",
-    "run_tune",
+    "tune",
 ]
 
 #: Metrics every evaluation reports (see ``UncertaintyMetrics.compute``).
@@ -225,8 +224,8 @@ def reported_metrics(config: RunConfig) -> tuple[str, ...]:
     """The metric names a run of ``config`` reports (task-specific ones for GLUE-style datasets)."""
     extra: tuple[str, ...] = ()
     if is_classification_dataset(config.data.dataset):
-        from .data.classification import classification_task_info
-        from .data.multiple_choice import is_mc_dataset
+        from ..data.classification import classification_task_info
+        from ..data.multiple_choice import is_mc_dataset
 
         if not is_mc_dataset(config.data.dataset):
             extra = _TASK_METRICS.get(classification_task_info(config.data.dataset).name, ())
@@ -459,10 +458,6 @@ def _check_splits(config: RunConfig) -> None:
             )
 
 
-def _override(key: str, value: Any) -> str:
-    return f"{key}={value}" if "." not in key else f"{key}={json.dumps(value)}"
-
-
 def execute_tune(spec: TuneSpec, *, progress: bool = True) -> dict[str, Any]:
     """Check everything, run ``spec.trials`` trials into the (possibly shared) study, write the outputs.
 
@@ -486,14 +481,14 @@ def execute_tune(spec: TuneSpec, *, progress: bool = True) -> dict[str, Any]:
     for key in spec.space:
         if key in fixed:
             raise ConfigError(f"contradictory tune: {key} is searched and also fixed by override {fixed[key]!r}")
-    base_config = compose_config(spec.base, {}, spec.overrides, config_dir=spec.config_dir)
+    base_config = load_config(spec.base, spec.overrides, config_dir=spec.config_dir)
     _check_splits(base_config)
     check_objective_metrics(spec.objectives, base_config)
     for param in spec.space.values():  # every range end and choice must make a valid config
         for value in param.candidates():
             try:
-                config = compose_config(
-                    spec.base, {}, [*spec.overrides, _override(param.key, value)], config_dir=spec.config_dir
+                config = load_config(
+                    spec.base, [*spec.overrides, override_item(param.key, value)], config_dir=spec.config_dir
                 )
             except ConfigError as exc:
                 raise ConfigError(f"search space {param.key}={param.text}: value {value!r}: {exc}") from None
@@ -530,7 +525,7 @@ def execute_tune(spec: TuneSpec, *, progress: bool = True) -> dict[str, Any]:
         values = {key: param.suggest(trial) for key, param in spec.space.items()}
         overrides = [
             *spec.overrides,
-            *(_override(k, v) for k, v in values.items()),
+            *(override_item(k, v) for k, v in values.items()),
             f"data.eval_split={json.dumps(split)}",  # held-out part of the training split
         ]
         run_dir = out / "trials" / f"trial-{trial.number}"
@@ -539,7 +534,7 @@ def execute_tune(spec: TuneSpec, *, progress: bool = True) -> dict[str, Any]:
         described = ", ".join(f"{k}={v}" for k, v in values.items())
         print(f"[trial {trial.number}] {described}", flush=True)
         try:
-            config = compose_config(spec.base, {}, overrides, config_dir=spec.config_dir)
+            config = load_config(spec.base, overrides, config_dir=spec.config_dir)
         except ConfigError as exc:
             trial.set_user_attr("error", str(exc))
             raise _TrialFailed(str(exc)) from exc
@@ -714,90 +709,51 @@ def _axis(objective: tuple[str, str]) -> str:
 # --------------------------------------------------------------------------- command line
 
 
-def add_tune_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``tune`` sub-command to ``subparsers`` (from ``add_subparsers``); returns its parser."""
-    parser = subparsers.add_parser(
-        "tune",
-        help="multi-objective hyperparameter search (Optuna) on a validation split carved from training data",
-        description="Search hyperparameters for several objectives at once; each trial is a run directory. "
-        "Studies live in a database (SQLite by default) that several workers can share.",
-    )
-    parser.add_argument("spec", nargs="?", help="tune spec YAML (base, overrides, space, objectives, ...)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="fixed for every trial: method.beta=0.1 or group=name"
-    )
-    parser.add_argument("--config", "-c", type=Path, help="base config file (replaces the spec's base)")
-    parser.add_argument("--config-dir", type=Path, help="folder of the group files (default: the base's folder)")
-    parser.add_argument(
-        "--space",
-        "-s",
-        action="append",
-        default=[],
-        metavar="KEY=SPEC",
-        help="searched key, repeatable: method.beta=log:0.05:0.5, train.lr=float:1e-4:1e-2, "
-        "model.lora.r=int:4:16 (intlog:LO:HI), method.kl_schedule=cat:cyclic,uniform",
-    )
-    parser.add_argument("--objectives", help="comma-separated METRIC:max|min, e.g. acc:max,ece:min,nll:min")
-    parser.add_argument("--trials", "-n", type=int, help="trials this worker adds to the study (default 20)")
-    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///<output-dir>/study.db)")
-    parser.add_argument("--study-name", help="study name in the storage (default tune)")
-    parser.add_argument(
-        "--output-dir", "-o", type=path_flag("--output-dir"), help="tune folder: trials/, study.db, pareto.md, plots/"
-    )
-    parser.add_argument(
-        "--validation-fraction", type=float, help="share of the training split held out for scoring (default 0.2)"
-    )
-    parser.add_argument("--validation-seed", type=int, help="seed of the held-out choice (default 0)")
-    parser.add_argument(
-        "--sampler",
-        choices=("tpe", "gp", "random"),
-        help="tpe (multivariate TPE, default), gp (Gaussian process), random",
-    )
-    parser.add_argument("--seed", type=int, help="sampler seed (default 0; give each worker its own)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    parser.set_defaults(handler=run_tune)
-    return parser
+def tune(
+    spec: str | Path | TuneSpec | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    config: str | Path | None = None,
+    config_dir: str | Path | None = None,
+    space: Sequence[str] | Mapping[str, str] = (),
+    objectives: str | Sequence[str] | None = None,
+    trials: int | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    output_dir: str | Path | None = None,
+    validation_fraction: float | None = None,
+    validation_seed: int | None = None,
+    sampler: str | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Search hyperparameters for several objectives, as ``bayespeft tune`` does; returns the study summary.
 
-
-def _spec_from_args(args: argparse.Namespace) -> TuneSpec:
-    """The spec file (the positional without ``=``) with the command line's values on top."""
-    items = [item for item in (args.spec, *args.overrides) if item]
-    files = [item for item in items if "=" not in item]
-    if len(files) > 1:
-        raise ConfigError(f"tune: one spec file expected, got {', '.join(files)}")
-    spec = load_tune_spec(files[0]) if files else TuneSpec()
-    spec.overrides = [*spec.overrides, *(item for item in items if "=" in item)]
-    for key, param in parse_space(args.space).items():
-        spec.space[key] = param  # the command line wins over the spec file
-    if args.objectives is not None:
-        spec.objectives = parse_objectives(args.objectives)
-    for name in (
-        "config_dir",
-        "trials",
-        "storage",
-        "study_name",
-        "output_dir",
-        "validation_fraction",
-        "validation_seed",
-        "sampler",
-        "seed",
-    ):
-        value = getattr(args, name)
+    ``spec`` is a tune spec (YAML file or :class:`TuneSpec`); the other arguments go on top of it,
+    as the command line's do: ``space`` items ``key=log:lo:hi``, ``objectives`` ``metric:max|min``.
+    """
+    if isinstance(spec, TuneSpec):
+        spec = dataclasses.replace(spec)
+    else:
+        spec = load_tune_spec(spec) if spec is not None else TuneSpec()
+    spec.overrides = [*spec.overrides, *overrides]
+    spec.space = {**spec.space, **parse_space(space)}  # the arguments win over the spec file
+    if objectives is not None:
+        spec.objectives = parse_objectives(objectives)
+    given = {
+        "config_dir": None if config_dir is None else Path(config_dir),
+        "trials": trials,
+        "storage": storage,
+        "study_name": study_name,
+        "output_dir": None if output_dir is None else Path(output_dir),
+        "validation_fraction": validation_fraction,
+        "validation_seed": validation_seed,
+        "sampler": sampler,
+        "seed": seed,
+    }
+    for name, value in given.items():
         if value is not None:
             setattr(spec, name, value)
-    if args.config is not None:
-        spec.base = args.config
-    return spec
-
-
-def run_tune(args: argparse.Namespace) -> int:
-    """Run ``bayespeft tune``; returns 0 unless every trial of this call failed (then 1)."""
-    summary = execute_tune(_spec_from_args(args), progress=not args.quiet)
-    rows = {r["trial"]: r for r in summary["trials"]}
-    print((Path(summary["output_dir"]) / "pareto.md").read_text(encoding="utf-8"), end="")
-    done = [n for n in summary["this_run"] if rows.get(n, {}).get("state") == "COMPLETE"]
-    print(
-        f"{len(done)}/{len(summary['this_run'])} trials finished; study {summary['study_name']!r} in "
-        f"{summary['storage']} has {len(rows)} trials, {len(summary['pareto'])} on the Pareto front"
-    )
-    return 0 if done else 1
+    if config is not None:
+        spec.base = Path(config)
+    return execute_tune(spec, progress=progress)

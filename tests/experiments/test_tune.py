@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from bayespeft.commands.tune import add_tune_parser, run_tune
 from bayespeft.errors import ConfigError
-from bayespeft.tune import (
+from bayespeft.experiments.tune import (
     TuneSpec,
-    add_tune_parser,
     carve_validation,
     execute_tune,
     pareto_front,
     parse_objectives,
     parse_space,
-    run_tune,
 )
 
 OBJECTIVES = [("acc", "max"), ("ece", "min"), ("nll", "min")]

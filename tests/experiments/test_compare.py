@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from bayespeft.cli import main
-from bayespeft.compare import CompareSpec, dataset_shorthands, execute_compare
-from bayespeft.compose import compose_config
+from bayespeft.config import load_config
 from bayespeft.data.classification import list_classification_datasets
+from bayespeft.experiments.compare import CompareSpec, dataset_shorthands, execute_compare
 from bayespeft.training import Trainer
 
 
@@ -108,7 +108,7 @@ def tiny_compare(tmp_path_factory, base_config):
         overrides=["method.sigma=0.01"],  # tfb's noise scale, fixed (no search); blob has no sigma
     )
     interrupted = out / "runs" / "method=mle__data=arc_easy__seed=1"
-    config = compose_config(base_config, {}, ["method.name=mle", "data.dataset=arc_easy", "train.seed=1"])
+    config = load_config(base_config, ["method.name=mle", "data.dataset=arc_easy", "train.seed=1"])
     assert Trainer(config, interrupted, progress=False, stop_after_steps=1).run_training()["status"] == "paused"
     return spec, execute_compare(spec, progress=False)
 

@@ -6,16 +6,15 @@ import matplotlib
 import matplotlib.image
 import pytest
 
+from bayespeft.commands.report import add_report_parser, run_report
 from bayespeft.errors import BayesPeftError, ConfigError, RunDirError
-from bayespeft.report import (
+from bayespeft.experiments.report import (
     AggregateRow,
-    add_report_parser,
     aggregate,
     collect_results,
     latex_escape,
     load_predictions,
     plot_reliability_grid,
-    run_report,
     to_latex,
     to_markdown,
     write_report,
@@ -315,7 +314,7 @@ def test_several_n_samples_get_their_own_rows_and_columns(tmp_path):
 
 def test_heldout_curves_come_from_the_runs_training_logs(runs, tmp_path):
     """Runs that evaluated during training (train.eval_every) get heldout_curves.png; the points are the log's."""
-    from bayespeft.report import heldout_curves
+    from bayespeft.experiments.report import heldout_curves
 
     logged = runs / "blob_arc_easy_s1"
     lines = [

@@ -23,7 +23,7 @@ and neither is a column with a single entry).
 
 from __future__ import annotations
 
-import argparse
+import io
 import json
 import math
 import os
@@ -34,16 +34,16 @@ from typing import Any
 
 import torch
 
-from .checkpoint import _replace_with, _temp_path, read_json, write_json_atomic, write_text_atomic
-from .errors import BayesPeftError, ConfigError, RunDirError
-from .metrics.classification import (
+from ..checkpoint import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..errors import BayesPeftError, ConfigError, RunDirError
+from ..metrics.classification import (
     _bins_from,
     _check_n_bins,
     _draw_diagonal,
     _draw_reliability_bars,
     _reliability_legend_handles,
 )
-from .rundir import check_writable, path_flag
+from ..rundir import check_writable
 
 __all__ = [
     "DEFAULT_GROUP_BY",
@@ -53,14 +53,14 @@ __all__ = [
     "PAPER_STYLE",
     "AggregateRow",
     "ResultRow",
-    "add_report_parser",
     "aggregate",
     "collect_results",
     "latex_escape",
     "load_predictions",
     "plot_reliability_grid",
-    "run_report",
+    "report",
     "save_figure",
+    "split_list",
     "to_latex",
     "to_markdown",
     "write_report",
@@ -408,7 +408,7 @@ def _build_table(
     return _Table(row_fields, datasets, metrics, labels, cells, best)
 
 
-def _metric_header(name: str, scale: Mapping[str, float] | None) -> tuple[str, bool, bool | None]:
+def metric_header(name: str, scale: Mapping[str, float] | None) -> tuple[str, bool, bool | None]:
     scale = DEFAULT_SCALE if scale is None else scale
     return _NAMES.get(name, name), float(scale.get(name, 1)) == 100, _higher_is_better(name)
 
@@ -436,7 +436,7 @@ def to_markdown(
     header = [_FIELD_NAMES.get(f, f) for f in table.row_fields]
     for dataset in table.datasets:
         for name in table.metrics:
-            title, percent, higher = _metric_header(name, scale)
+            title, percent, higher = metric_header(name, scale)
             text = f"{title}{' (%)' if percent else ''}{'' if higher is None else ' ↑' if higher else ' ↓'}"
             header.append(esc(text if dataset is None else f"{dataset} {text}"))
     lines = [
@@ -494,7 +494,7 @@ def to_latex(
     header = [r"$N$" if f == "n_samples" else latex_escape(_FIELD_NAMES.get(f, f)) for f in table.row_fields]
     for _ in table.datasets:
         for name in table.metrics:
-            title, percent, higher = _metric_header(name, scale)
+            title, percent, higher = metric_header(name, scale)
             arrow = "" if higher is None else r" $\uparrow$" if higher else r" $\downarrow$"
             header.append(latex_escape(title) + (r" (\%)" if percent else "") + arrow)
     lines.append(" & ".join(header) + r" \\")
@@ -668,12 +668,9 @@ def plot_heldout_curves(rows: Sequence[ResultRow], path: str | os.PathLike[str])
 
 def save_figure(fig: Any, path: Path, file_format: str = "png", dpi: int = 150) -> None:
     """Write a matplotlib figure to ``path`` atomically (a crash leaves the old file or the new one)."""
-    tmp = _temp_path(path)
-    try:
-        fig.savefig(tmp, format=file_format, dpi=dpi, bbox_inches="tight")
-        _replace_with(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=file_format, dpi=dpi, bbox_inches="tight")
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------- report
@@ -723,7 +720,8 @@ def write_report(
     return written
 
 
-def _split_list(value: str | Sequence[str], flag: str) -> list[str]:
+def split_list(value: str | Sequence[str], flag: str) -> list[str]:
+    """A comma-separated string (or a sequence) as its non-empty items; none at all is an error naming ``flag``."""
     items = value.split(",") if isinstance(value, str) else list(value)
     items = [item.strip() for item in items if item.strip()]
     if not items:
@@ -731,40 +729,21 @@ def _split_list(value: str | Sequence[str], flag: str) -> list[str]:
     return items
 
 
-def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``report`` sub-command to ``subparsers`` (from ``add_subparsers``); returns its parser."""
-    parser = subparsers.add_parser(
-        "report",
-        help="aggregate runs over seeds into Markdown/LaTeX tables and a reliability grid",
-        description="Aggregate run directories into paper tables (mean ± population std over seeds) and figures.",
-    )
-    parser.add_argument(
-        "paths", nargs="+", type=Path, metavar="RUN_DIR", help="run directories, eval/<name> folders or folders of runs"
-    )
-    parser.add_argument(
-        "--output-dir", "-o", type=path_flag("--output-dir"), required=True, help="folder for the report files"
-    )
-    parser.add_argument(
-        "--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated metrics (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--group-by",
-        default=",".join(DEFAULT_GROUP_BY),
-        help=f"comma-separated fields from {', '.join(GROUP_FIELDS)} (default: %(default)s)",
-    )
-    parser.add_argument("--n-bins", type=int, default=15, help="reliability bins (default: %(default)s)")
-    parser.set_defaults(overrides=[], handler=run_report)
-    return parser
+def report(
+    paths: Sequence[str | os.PathLike[str]],
+    output_dir: str | os.PathLike[str],
+    *,
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
+    group_by: str | Sequence[str] = DEFAULT_GROUP_BY,
+    n_bins: int = 15,
+) -> dict[str, Path]:
+    """Aggregate runs over seeds into tables and figures, as ``bayespeft report`` does; returns the files written.
 
-
-def run_report(args: argparse.Namespace) -> int:
-    """Run ``bayespeft report``: write the report and print the Markdown table; returns 0."""
-    metrics = _split_list(args.metrics, "--metrics")
-    group_by = _check_group_by(_split_list(args.group_by, "--group-by"))
-    n_bins = args.n_bins
+    ``paths`` are run directories, ``eval/<name>`` folders or folders of runs; ``metrics`` and
+    ``group_by`` are lists or comma-separated strings.
+    """
+    metric_names = split_list(metrics, "--metrics")
+    fields = _check_group_by(split_list(group_by, "--group-by"))
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ConfigError(f"--n-bins must be an integer >= 1, got {n_bins!r}")
-    written = write_report(args.paths, args.output_dir, metrics=metrics, group_by=group_by, n_bins=n_bins)
-    print(written["markdown"].read_text(encoding="utf-8"), end="")
-    print(f"wrote {', '.join(p.name for p in written.values())} -> {args.output_dir}")
-    return 0
+    return write_report(paths, output_dir, metrics=metric_names, group_by=fields, n_bins=n_bins)

@@ -22,7 +22,7 @@ from bayespeft.metrics import (
     selective_prediction,
 )
 from bayespeft.sample_store import SampleRow, SampleStore
-from bayespeft.score_command import answer_text
+from bayespeft.sampling.score import answer_text
 
 QA_EXAMPLES, QA_SAMPLES = 8, 4
 

@@ -21,7 +21,7 @@ the training examples after the first ``data.max_train_examples``, which MLE did
 ``data.max_eval_examples`` of them), then evaluated with it; it is never fitted on the evaluated split.
 
 Every config, dataset split, metric and existing run directory is checked before anything runs, and
-errors name the flag. Runs follow the sweep's rules (:mod:`bayespeft.sweep`): a finished run is
+errors name the flag. Runs follow the sweep's rules (:mod:`bayespeft.experiments.sweep`): a finished run is
 skipped, an interrupted one resumed, a directory holding a run of another config is an error, and a
 failed run is recorded while the others go on. ``<out>`` gets:
 
@@ -34,7 +34,6 @@ failed run is recorded while the others go on. ``<out>`` gets:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
@@ -42,36 +41,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import write_json_atomic
-from .compose import compose_config
-from .config import RunConfig, save_config
-from .data.classification import list_classification_datasets
-from .data.multiple_choice import list_mc_datasets
-from .errors import ConfigError, DataError, RunDirError
-from .methods import method_config_class, method_names
+from ..checkpoint import write_json_atomic
+from ..compose import override_item
+from ..config import RunConfig, load_config, save_config
+from ..data.classification import list_classification_datasets
+from ..data.multiple_choice import list_mc_datasets
+from ..errors import ConfigError, DataError, RunDirError
+from ..methods import method_config_class, method_names
+from ..rundir import RunDir, check_writable
 from .report import (
     DEFAULT_SCALE,
     PAPER_STYLE,
     AggregateRow,
-    _metric_header,
-    _split_list,
     aggregate,
     collect_results,
+    metric_header,
     save_figure,
+    split_list,
     write_report,
 )
-from .rundir import RunDir, check_writable, path_flag
-from .sweep import SweepPoint, _override, plan_points, point_name, run_points, spec_dict, train_point, write_manifest
+from .sweep import SweepPoint, plan_points, point_name, run_points, spec_dict, train_point, write_manifest
 
 __all__ = [
     "DEFAULT_METRICS",
     "TEMPERATURE",
     "CompareSpec",
-    "add_compare_parser",
+    "compare",
     "dataset_shorthands",
     "execute_compare",
     "plot_comparison",
-    "run_compare",
 ]
 
 #: The pseudo-method of a temperature-scaled MLE run.
@@ -223,8 +221,8 @@ def _resolve_datasets(spec: CompareSpec) -> list[tuple[str, bool]]:
 
 def _plan(spec: CompareSpec) -> _Plan:
     """Compose and check every run; nothing is written. Errors name the flag or the run."""
-    from .backbones import resolve_model
-    from .training import load_examples, model_kind
+    from ..backbones import resolve_model
+    from ..training import load_examples, model_kind
     from .tune import reported_metrics
 
     _check_lists(spec)
@@ -240,7 +238,7 @@ def _plan(spec: CompareSpec) -> _Plan:
     def shared_base() -> dict[str, Any]:
         """The base with every override but the method parameters: the start of a method without a group file."""
         rest = [item for item in spec.overrides if _method_param(item) is None]
-        return compose_config(spec.base, {}, rest, config_dir=directory).to_dict()
+        return load_config(spec.base, rest, config_dir=directory).to_dict()
 
     def compose(method: str, dataset: str, seed: int) -> SweepPoint:
         values = {_METHOD_KEY: method, _DATA_KEY: dataset, _SEED_KEY: seed}
@@ -253,12 +251,15 @@ def _plan(spec: CompareSpec) -> _Plan:
         else:
             base = {**shared_base(), "method": {"name": configured}}
         has_data_file = (directory / "data" / f"{dataset}.yaml").is_file()
-        overrides += [f"data={dataset}" if has_data_file else _override(_DATA_KEY, dataset), _override(_SEED_KEY, seed)]
+        overrides += [
+            f"data={dataset}" if has_data_file else override_item(_DATA_KEY, dataset),
+            override_item(_SEED_KEY, seed),
+        ]
         if _takes_source_adapter(method):
             adapter = source_run(dataset, seed) / "adapter"
-            overrides += ["train.max_steps=0", _override("method.source_adapter", str(adapter))]
+            overrides += ["train.max_steps=0", override_item("method.source_adapter", str(adapter))]
         try:
-            config = compose_config(base, {}, overrides, config_dir=directory)
+            config = load_config(base, overrides, config_dir=directory)
         except ConfigError as exc:
             raise ConfigError(f"compare run {name}: {exc}") from None
         return SweepPoint(name, values, overrides, label=f"{method} {dataset}", row=method, config=config)
@@ -337,22 +338,22 @@ def _run_temperature(
     point: SweepPoint, run_dir: Path, source_dir: Path, split: str, offset: int, progress: bool
 ) -> str:
     """Fit a temperature for the MLE run in ``source_dir`` and evaluate with it into ``run_dir``."""
-    from .cli import _evaluate_into, _trained_session, calibrate_temperature, fit_examples
-    from .training import load_examples
+    from ..runs import calibrate_temperature, evaluate_into, fit_examples, trained_session
+    from ..training import load_examples
 
     source = RunDir(source_dir)
     source.require_trained()  # a failed MLE run fails this run, with its reason
     config = point.config
     held_out = fit_examples(config, split, offset, config.data.max_eval_examples)
     eval_examples = load_examples(config, config.data.eval_split, config.data.max_eval_examples)
-    session = _trained_session(source, config)
+    session = trained_session(source, config)
     fitted = calibrate_temperature(session, config, held_out, split, offset, progress)
     run = RunDir(run_dir)
     run.create()
     save_config(config, run.config)
     write_json_atomic(run.root / "temperature.json", {**fitted, "source_run": str(source.root)})
     scaled = dataclasses.replace(config, eval=dataclasses.replace(config.eval, temperature=fitted["temperature"]))
-    _evaluate_into(session, scaled, eval_examples, run.root, progress, extra={"method": TEMPERATURE})
+    evaluate_into(session, scaled, eval_examples, run.root, progress, extra={"method": TEMPERATURE})
     (run.root / "reliability.png").replace(run.plots / "reliability.png")
     return "finished"
 
@@ -450,7 +451,7 @@ def plot_comparison(
                         capthick=0.9,
                         label=method,
                     )
-                title, percent, higher = _metric_header(metric, DEFAULT_SCALE)
+                title, percent, higher = metric_header(metric, DEFAULT_SCALE)
                 arrow = "" if higher is None else " ↑" if higher else " ↓"
                 ax.set_ylabel(f"{title}{' (%)' if percent else ''}{arrow}")
                 for i in range(len(datasets) - 1):
@@ -482,85 +483,40 @@ def plot_comparison(
     return [Path(p) for p in paths]
 
 
-# --------------------------------------------------------------------------- command line
+def compare(
+    methods: str | Sequence[str],
+    datasets: str | Sequence[str],
+    output_dir: str | Path,
+    *,
+    seeds: str | Sequence[int] = (1, 2, 3),
+    config: str | Path | None = None,
+    config_dir: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
+    temperature_split: str = "train",
+    dry_run: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Compare methods on datasets over seeds, as ``bayespeft compare`` does; returns the manifest.
 
-
-def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``compare`` sub-command to ``subparsers`` (from ``add_subparsers``); returns its parser."""
-    parser = subparsers.add_parser(
-        "compare",
-        help="run methods x datasets x seeds and report mean ± std per method (tables, figures)",
-        description="Compare methods on datasets over seeds; re-running skips finished runs and resumes the others.",
+    Lists may be comma-separated strings (``"blob,mle"``); ``config`` is the base config composed
+    with ``overrides``. Re-running skips finished runs and resumes the others; with ``dry_run``
+    only the plan is returned.
+    """
+    if isinstance(seeds, str):
+        try:
+            seeds = [int(seed) for seed in split_list(seeds, "--seeds")]
+        except ValueError:
+            raise ConfigError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+    spec = CompareSpec(
+        methods=split_list(methods, "--methods"),
+        datasets=split_list(datasets, "--datasets"),
+        seeds=list(seeds),
+        output_dir=Path(output_dir),
+        base=None if config is None else Path(config),
+        config_dir=None if config_dir is None else Path(config_dir),
+        overrides=list(overrides),
+        metrics=split_list(metrics, "--metrics"),
+        temperature_split=temperature_split,
     )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="for every run: train.max_steps=300, model=minilm; method.beta=0.1 goes to the methods that have beta",
-    )
-    parser.add_argument(
-        "--methods",
-        required=True,
-        help=f"comma-separated methods, e.g. blob,blob_laplace,mle; post hoc on the MLE run: laplace, tfb, noise, "
-        f"{TEMPERATURE}",
-    )
-    parser.add_argument(
-        "--datasets",
-        required=True,
-        help="comma-separated datasets, or mc (every multiple-choice dataset) or glue (every GLUE-style task)",
-    )
-    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (train.seed; default: %(default)s)")
-    parser.add_argument("--config", "-c", type=Path, help="base config file (composed: defaults, groups)")
-    parser.add_argument("--config-dir", type=Path, help="folder of the group files (default: the base's folder)")
-    parser.add_argument("--output-dir", "-o", type=path_flag("--output-dir"), required=True, help="comparison folder")
-    parser.add_argument(
-        "--metrics", default=",".join(DEFAULT_METRICS), help="table and figure metrics (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--temperature-split",
-        default="train",
-        help="split the temperature is fitted on (default train: the examples after data.max_train_examples)",
-    )
-    parser.add_argument("--dry-run", action="store_true", help="validate and list the runs; run nothing")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    parser.set_defaults(handler=run_compare)
-    return parser
-
-
-def _spec_from_args(args: argparse.Namespace) -> CompareSpec:
-    seeds = _split_list(args.seeds, "--seeds")
-    try:
-        parsed_seeds = [int(seed) for seed in seeds]
-    except ValueError:
-        raise ConfigError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
-    return CompareSpec(
-        methods=_split_list(args.methods, "--methods"),
-        datasets=_split_list(args.datasets, "--datasets"),
-        seeds=parsed_seeds,
-        output_dir=args.output_dir,
-        base=args.config,
-        config_dir=args.config_dir,
-        overrides=list(args.overrides),
-        metrics=_split_list(args.metrics, "--metrics"),
-        temperature_split=args.temperature_split,
-    )
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    """Run ``bayespeft compare``; returns 0 when every run finished, 1 when some failed."""
-    manifest = execute_compare(_spec_from_args(args), progress=not args.quiet, dry_run=args.dry_run)
-    points = manifest["points"]
-    if args.dry_run:
-        for entry in points:
-            role = "" if entry["reported"] else "  [MLE source, not reported]"
-            print(f"{entry['action']:6s} {entry['run_dir']}{role}")
-        print(f"{len(points)} runs; nothing run (--dry-run)")
-        return 0
-    if "report" in manifest:
-        print(Path(manifest["report"]["markdown"]).read_text(encoding="utf-8"), end="")
-        print(f"report -> {Path(manifest['report']['markdown']).parent}")
-    failed = [e for e in points if e["status"] != "finished"]
-    for entry in failed:
-        print(f"not finished: {entry['name']}: {entry.get('error', entry['status'])}")
-    print(f"{len(points) - len(failed)}/{len(points)} runs finished -> {args.output_dir}")
-    return 1 if failed else 0
+    return execute_compare(spec, progress=progress, dry_run=dry_run)

@@ -28,7 +28,6 @@ answer and scores) and the figures (PNG and PDF) into ``--output-dir``.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -41,11 +40,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import write_json_atomic, write_text_atomic
-from .config import check_seed
-from .data.generative import QAExample, load_generative_dataset
-from .errors import ConfigError, DataError
-from .metrics import (
+from ..checkpoint import write_json_atomic, write_text_atomic
+from ..config import check_seed
+from ..data.generative import QAExample, load_generative_dataset
+from ..errors import ConfigError, DataError
+from ..metrics import (
     REFERENCE_AGGREGATES,
     ROUGE_TYPES,
     AnswerSamples,
@@ -64,18 +63,20 @@ from .metrics import (
     selective_prediction,
     token_f1,
 )
-from .metrics.selective import PALETTE
-from .rundir import check_writable, path_flag
-from .sample_store import SampleStore
+from ..metrics.selective import PALETTE
+from ..rundir import check_writable
+from ..sample_store import SampleStore
 
 __all__ = [
+    "CLUSTERINGS",
+    "CORRECTNESS_JUDGES",
     "SUMMARIZATION_DATASETS",
     "CorrectnessJudge",
+    "ScoreSettings",
     "ScoredStore",
-    "add_score_parser",
     "answer_text",
     "load_scored_store",
-    "run_score",
+    "score",
 ]
 
 #: Datasets whose generations are summaries (scored by ROUGE and BERTScore), not short answers.
@@ -95,55 +96,29 @@ FIGURE_SCORES = (
 SUMMARY_METRICS = (*ROUGE_TYPES, "bertscore_f1")
 
 
-def add_score_parser(subparsers: Any) -> None:
-    """Add the ``score`` sub-command to ``subparsers`` (from ``add_subparsers``)."""
-    parser = subparsers.add_parser(
-        "score",
-        help="score sample stores: correctness and uncertainty (QA) or ROUGE/BERTScore (summaries)",
-        description="Score the generations of one or more sample stores (one per method) against the dataset's "
-        "references. Uncertainty scores are oriented so that higher means more uncertain.",
-    )
-    parser.add_argument("--store", type=Path, action="append", required=True, help="a sample store (repeatable)")
-    parser.add_argument(
-        "--output-dir",
-        "-o",
-        type=path_flag("--output-dir"),
-        required=True,
-        help="folder for scores.json, tables, figures",
-    )
-    parser.add_argument("--data-dir", help="the data folder the stores were sampled from (default: the hub)")
-    parser.add_argument(
-        "--correctness", choices=CORRECTNESS_JUDGES, default="em", help="QA correctness judge (default: %(default)s)"
-    )
-    parser.add_argument("--f1-threshold", type=float, default=0.5, help="token F1 counted as correct (default 0.5)")
-    parser.add_argument("--nli-model", help="NLI classifier (hub id or folder), e.g. microsoft/deberta-large-mnli")
-    parser.add_argument(
-        "--nli-threshold", type=float, default=0.5, help="entailment probability both ways (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--judge-model", default="smollm2-135m", help="causal LM of --correctness llm (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--cluster", choices=CLUSTERINGS, help="meaning classes: nli (default with --nli-model) or embedding"
-    )
-    parser.add_argument("--embedding-model", default="minilm-l6", help="encoder of --cluster embedding")
-    parser.add_argument(
-        "--similarity-threshold", type=float, default=0.8, help="cosine similarity of one meaning (default 0.8)"
-    )
-    parser.add_argument("--bertscore-model", default="minilm-l6", help="BERTScore encoder (default: %(default)s)")
-    parser.add_argument(
-        "--kde-aggregate",
-        choices=REFERENCE_AGGREGATES,
-        default="max",
-        help="reference aggregate shown in the density figure (default: %(default)s)",
-    )
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="CI level (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
-    parser.set_defaults(overrides=[])
-
-
 # ---------------------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """The settings of one scoring: the stores, the output folder, the judges and the bootstrap."""
+
+    store: list[Path]
+    output_dir: Path
+    data_dir: str | None
+    correctness: str
+    f1_threshold: float
+    nli_model: str | None
+    nli_threshold: float
+    judge_model: str
+    cluster: str | None
+    embedding_model: str
+    similarity_threshold: float
+    bertscore_model: str
+    kde_aggregate: str
+    n_boot: int
+    confidence: float
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -269,59 +244,63 @@ def _device() -> str | None:
     return "cuda" if torch.cuda.is_available() else None
 
 
-def build_judges(args: argparse.Namespace) -> tuple[CorrectnessJudge, dict[str, Any], EquivalenceJudge]:
+def build_judges(settings: ScoreSettings) -> tuple[CorrectnessJudge, dict[str, Any], EquivalenceJudge]:
     """The correctness judge, and the meaning-class judge with its description; an NLI model is loaded once."""
-    cluster = args.cluster or ("nli" if args.nli_model else "embedding")
-    for what, choice in (("--correctness", args.correctness), ("--cluster", cluster)):
-        if choice == "nli" and not args.nli_model:
+    cluster = settings.cluster or ("nli" if settings.nli_model else "embedding")
+    for what, choice in (("--correctness", settings.correctness), ("--cluster", cluster)):
+        if choice == "nli" and not settings.nli_model:
             raise ConfigError(f"{what} nli: name the NLI model with --nli-model (hub id or folder)")
-    if not 0 <= args.nli_threshold <= 1:
-        raise ConfigError(f"--nli-threshold: must be in [0, 1] (got {args.nli_threshold})")
-    if not 0 <= args.f1_threshold <= 1:
-        raise ConfigError(f"--f1-threshold: must be in [0, 1] (got {args.f1_threshold})")
-    if not -1 <= args.similarity_threshold <= 1:
-        raise ConfigError(f"--similarity-threshold: must be in [-1, 1] (got {args.similarity_threshold})")
-    nli = NLIModel.from_pretrained(args.nli_model, device=_device()) if args.nli_model else None
+    if not 0 <= settings.nli_threshold <= 1:
+        raise ConfigError(f"--nli-threshold: must be in [0, 1] (got {settings.nli_threshold})")
+    if not 0 <= settings.f1_threshold <= 1:
+        raise ConfigError(f"--f1-threshold: must be in [0, 1] (got {settings.f1_threshold})")
+    if not -1 <= settings.similarity_threshold <= 1:
+        raise ConfigError(f"--similarity-threshold: must be in [-1, 1] (got {settings.similarity_threshold})")
+    nli = NLIModel.from_pretrained(settings.nli_model, device=_device()) if settings.nli_model else None
 
-    if args.correctness == "em":
+    if settings.correctness == "em":
         judge = CorrectnessJudge(
             {"judge": "em", "rule": "normalised exact match against any alias"},
             lambda answers, refs, questions: _per_pair(exact_match, answers, refs),
             lambda grades: grades == 1,
         )
-    elif args.correctness == "f1":
-        threshold = args.f1_threshold
+    elif settings.correctness == "f1":
+        threshold = settings.f1_threshold
         judge = CorrectnessJudge(
             {"judge": "f1", "rule": f"best token F1 over aliases >= {threshold:g}", "threshold": threshold},
             lambda answers, refs, questions: _per_pair(token_f1, answers, refs),
             lambda grades: grades >= threshold,
         )
-    elif args.correctness == "nli":
-        entailment = NLICorrectnessJudge(nli, threshold=args.nli_threshold)
+    elif settings.correctness == "nli":
+        entailment = NLICorrectnessJudge(nli, threshold=settings.nli_threshold)
         judge = CorrectnessJudge(
             {
                 "judge": "nli",
-                "rule": f"mutual entailment with some alias >= {args.nli_threshold:g}",
-                "model": args.nli_model,
-                "threshold": args.nli_threshold,
+                "rule": f"mutual entailment with some alias >= {settings.nli_threshold:g}",
+                "model": settings.nli_model,
+                "threshold": settings.nli_threshold,
             },
             entailment.scores,
             lambda grades: grades >= entailment.threshold,
         )
     else:
-        llm = LLMJudge.from_pretrained(args.judge_model, device=_device())
+        llm = LLMJudge.from_pretrained(settings.judge_model, device=_device())
         judge = CorrectnessJudge(
-            {"judge": "llm", "rule": "P(yes) > 0.5 from the judge's next-token logits", "model": args.judge_model},
+            {"judge": "llm", "rule": "P(yes) > 0.5 from the judge's next-token logits", "model": settings.judge_model},
             llm.probability_correct,
             lambda grades: grades > 0.5,
         )
     if cluster == "nli":
-        clustering = {"judge": "nli", "model": args.nli_model, "threshold": args.nli_threshold}
-        equivalence: EquivalenceJudge = EntailmentEquivalence(nli, threshold=args.nli_threshold)
+        clustering = {"judge": "nli", "model": settings.nli_model, "threshold": settings.nli_threshold}
+        equivalence: EquivalenceJudge = EntailmentEquivalence(nli, threshold=settings.nli_threshold)
     else:
-        clustering = {"judge": "embedding", "model": args.embedding_model, "threshold": args.similarity_threshold}
+        clustering = {
+            "judge": "embedding",
+            "model": settings.embedding_model,
+            "threshold": settings.similarity_threshold,
+        }
         equivalence = EmbeddingEquivalence.from_pretrained(
-            args.embedding_model, threshold=args.similarity_threshold, device=_device()
+            settings.embedding_model, threshold=settings.similarity_threshold, device=_device()
         )
     return judge, clustering, equivalence
 
@@ -338,7 +317,7 @@ def score_qa(
     label: str,
     judge: CorrectnessJudge,
     equivalence: EquivalenceJudge,
-    args: argparse.Namespace,
+    settings: ScoreSettings,
 ) -> dict[str, Any]:
     """Correctness, accuracy, uncertainty scores and their AUROC/AURAC of one QA store; writes its files."""
     items = store.examples
@@ -363,20 +342,20 @@ def score_qa(
         ],
         equivalence,
     )
-    selective = selective_prediction(uncertainty, best_correct, args.n_boot, args.confidence, args.seed)
+    selective = selective_prediction(uncertainty, best_correct, settings.n_boot, settings.confidence, settings.seed)
     accuracy = bootstrap_ci(
         lambda u, c: c.double().mean().item(),
         torch.zeros(len(items)),
         best_correct,
-        args.n_boot,
-        args.confidence,
-        args.seed,
+        settings.n_boot,
+        settings.confidence,
+        settings.seed,
     )
     figures = []
     title = f"{label} on {store.fingerprint['dataset']} ({store.fingerprint['split']})"
     curves = {name: values for name, values in uncertainty.items() if name in FIGURE_SCORES}
     for suffix in ("png", "pdf"):
-        path = args.output_dir / f"arc_{_file_label(label)}.{suffix}"
+        path = settings.output_dir / f"arc_{_file_label(label)}.{suffix}"
         figures.append(plot_accuracy_rejection(curves, best_correct, path, title))
     records = [
         {
@@ -398,14 +377,14 @@ def score_qa(
         "sample_accuracy": correct.double().mean().item(),
         "selective": {name: {metric: ci.as_dict() for metric, ci in cis.items()} for name, cis in selective.items()},
         "figures": figures,
-        "examples_file": _write_records(args.output_dir, label, records),
+        "examples_file": _write_records(settings.output_dir, label, records),
     }
 
 
 # -------------------------------------------------------------------------------------- summaries
 
 
-def score_summaries(store: ScoredStore, label: str, bertscore: BERTScore, args: argparse.Namespace) -> dict[str, Any]:
+def score_summaries(store: ScoredStore, label: str, bertscore: BERTScore, settings: ScoreSettings) -> dict[str, Any]:
     """ROUGE and BERTScore F1 of every sample of one summarisation store; writes its examples file."""
     items = store.examples
     summaries = [answer_text(t, summary=True) for item in items for t in item.texts]
@@ -426,7 +405,7 @@ def score_summaries(store: ScoredStore, label: str, bertscore: BERTScore, args: 
         **_store_facts(store, label),
         "means": {name: values.mean().item() for name, values in per_sample.items()},
         "per_sample": {name: values.tolist() for name, values in per_sample.items()},
-        "examples_file": _write_records(args.output_dir, label, records),
+        "examples_file": _write_records(settings.output_dir, label, records),
     }
 
 
@@ -574,21 +553,69 @@ def summary_markdown(payload: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------- run
 
 
-def run_score(args: argparse.Namespace) -> int:
-    """Run ``bayespeft score``: read the stores, score them, write scores.json, scores.md and the figures."""
-    if args.overrides:
-        raise ConfigError(f"score: unexpected argument {args.overrides[0]!r}")
-    if args.n_boot < 1:
-        raise ConfigError(f"--n-boot: must be >= 1 (got {args.n_boot})")
-    if not 0 < args.confidence < 1:
-        raise ConfigError(f"--confidence: must be in (0, 1) (got {args.confidence})")
-    check_seed(args.seed, "--seed")
-    if args.output_dir.exists() and not args.output_dir.is_dir():
-        raise ConfigError(f"--output-dir {args.output_dir}: exists and is not a directory")
-    check_writable(args.output_dir, "--output-dir")
-    if len(set(args.store)) != len(args.store):
+def score(
+    stores: Sequence[str | Path],
+    output_dir: str | Path,
+    *,
+    data_dir: str | None = None,
+    correctness: str = "em",
+    f1_threshold: float = 0.5,
+    nli_model: str | None = None,
+    nli_threshold: float = 0.5,
+    judge_model: str = "smollm2-135m",
+    cluster: str | None = None,
+    embedding_model: str = "minilm-l6",
+    similarity_threshold: float = 0.8,
+    bertscore_model: str = "minilm-l6",
+    kde_aggregate: str = "max",
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score sample stores against the references, as ``bayespeft score`` does; returns the scores.json payload.
+
+    QA stores get correctness (``correctness`` judge) and uncertainty scores with bootstrap CIs,
+    summary stores ROUGE and BERTScore; scores.json, scores.md (the payload's ``markdown``) and the
+    figures go to ``output_dir``. One dataset and split at a time; one store per method.
+    """
+    settings = ScoreSettings(
+        store=[Path(p) for p in stores],
+        output_dir=Path(output_dir),
+        data_dir=data_dir,
+        correctness=correctness,
+        f1_threshold=f1_threshold,
+        nli_model=nli_model,
+        nli_threshold=nli_threshold,
+        judge_model=judge_model,
+        cluster=cluster,
+        embedding_model=embedding_model,
+        similarity_threshold=similarity_threshold,
+        bertscore_model=bertscore_model,
+        kde_aggregate=kde_aggregate,
+        n_boot=n_boot,
+        confidence=confidence,
+        seed=seed,
+    )
+    choices = (
+        ("--correctness", correctness, CORRECTNESS_JUDGES),
+        ("--cluster", cluster, (None, *CLUSTERINGS)),
+        ("--kde-aggregate", kde_aggregate, REFERENCE_AGGREGATES),
+    )
+    for flag, value, allowed in choices:
+        if value not in allowed:
+            known = ", ".join(str(choice) for choice in allowed if choice is not None)
+            raise ConfigError(f"{flag}: unknown choice {value!r} (choose one of {known})")
+    if settings.n_boot < 1:
+        raise ConfigError(f"--n-boot: must be >= 1 (got {settings.n_boot})")
+    if not 0 < settings.confidence < 1:
+        raise ConfigError(f"--confidence: must be in (0, 1) (got {settings.confidence})")
+    check_seed(settings.seed, "--seed")
+    if settings.output_dir.exists() and not settings.output_dir.is_dir():
+        raise ConfigError(f"--output-dir {settings.output_dir}: exists and is not a directory")
+    check_writable(settings.output_dir, "--output-dir")
+    if len(set(settings.store)) != len(settings.store):
         raise ConfigError("--store: a store is named twice")
-    stores = [load_scored_store(path, args.data_dir) for path in args.store]
+    stores = [load_scored_store(path, settings.data_dir) for path in settings.store]
     first = stores[0].fingerprint
     for store in stores[1:]:
         if (store.fingerprint["dataset"], store.fingerprint["split"]) != (first["dataset"], first["split"]):
@@ -600,27 +627,27 @@ def run_score(args: argparse.Namespace) -> int:
     payload: dict[str, Any] = {
         "dataset": first["dataset"],
         "split": first["split"],
-        "n_boot": args.n_boot,
-        "confidence": args.confidence,
-        "seed": args.seed,
+        "n_boot": settings.n_boot,
+        "confidence": settings.confidence,
+        "seed": settings.seed,
     }
     summarization = first["dataset"] in SUMMARIZATION_DATASETS
     if summarization:  # models load (and settings are checked) before anything is written
-        bertscore = BERTScore(model=args.bertscore_model)
+        bertscore = BERTScore(model=settings.bertscore_model)
     else:
-        judge, clustering, equivalence = build_judges(args)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+        judge, clustering, equivalence = build_judges(settings)
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
     if summarization:
         payload["task"] = "summarization"
         payload["bertscore"] = {"model": bertscore.model, "num_layers": bertscore.num_layers}
         payload["stores"] = [
-            score_summaries(s, label, bertscore, args) for s, label in zip(stores, labels, strict=True)
+            score_summaries(s, label, bertscore, settings) for s, label in zip(stores, labels, strict=True)
         ]
-        metrics = [f"{metric}_{args.kde_aggregate}" for metric in SUMMARY_METRICS]
+        metrics = [f"{metric}_{settings.kde_aggregate}" for metric in SUMMARY_METRICS]
         per_store = {s["label"]: s["per_sample"] for s in payload["stores"]}
-        title = f"Per-sample scores on {first['dataset']} ({first['split']}), {args.kde_aggregate} over references"
+        title = f"Per-sample scores on {first['dataset']} ({first['split']}), {settings.kde_aggregate} over references"
         payload["figures"] = [
-            str(plot_score_densities(per_store, metrics, args.output_dir / f"score_density.{suffix}", title))
+            str(plot_score_densities(per_store, metrics, settings.output_dir / f"score_density.{suffix}", title))
             for suffix in ("png", "pdf")
         ]
         markdown = summary_markdown(payload)
@@ -629,14 +656,9 @@ def run_score(args: argparse.Namespace) -> int:
         payload["correctness"] = judge.description
         payload["clustering"] = clustering
         payload["stores"] = [
-            score_qa(s, label, judge, equivalence, args) for s, label in zip(stores, labels, strict=True)
+            score_qa(s, label, judge, equivalence, settings) for s, label in zip(stores, labels, strict=True)
         ]
         markdown = qa_markdown(payload)
-    write_text_atomic(args.output_dir / "scores.md", markdown)
-    write_json_atomic(args.output_dir / "scores.json", payload)
-    print(markdown, end="")
-    for store in payload["stores"]:
-        if store["incomplete_examples_skipped"]:
-            print(f"note: {store['store']}: {store['incomplete_examples_skipped']} incomplete examples not scored")
-    print(f"scores -> {args.output_dir}")
-    return 0
+    write_text_atomic(settings.output_dir / "scores.md", markdown)
+    write_json_atomic(settings.output_dir / "scores.json", payload)
+    return {**payload, "markdown": markdown}

@@ -25,7 +25,6 @@ a directory holding a run of another config is an error. ``<output_dir>`` also g
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import itertools
@@ -41,18 +40,17 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import read_json, write_json_atomic, write_text_atomic
-from .compose import GROUPS, compose_config
-from .config import RunConfig, flatten_dict, load_config, read_yaml
-from .errors import BayesPeftError, ConfigError, RunDirError
+from ..checkpoint import read_json, write_json_atomic, write_text_atomic
+from ..compose import GROUPS, override_item, read_yaml
+from ..config import RunConfig, flatten_dict, load_config
+from ..errors import BayesPeftError, ConfigError, RunDirError
+from ..rundir import check_writable
 from .report import aggregate, collect_results, to_markdown
-from .rundir import check_writable, path_flag
 
 __all__ = [
     "QUANTITIES",
     "SweepPoint",
     "SweepSpec",
-    "add_sweep_parser",
     "execute_sweep",
     "expand_sweep",
     "load_sweep_spec",
@@ -60,7 +58,7 @@ __all__ = [
     "plan_points",
     "point_name",
     "run_points",
-    "run_sweep",
+    "sweep",
     "train_point",
     "write_manifest",
 ]
@@ -205,7 +203,7 @@ def expand_sweep(spec: SweepSpec) -> list[SweepPoint]:
             seen.append(value)
     _check_axis_types(spec, axes)
 
-    compose_config(spec.base, {}, spec.overrides, config_dir=spec.config_dir)  # base errors, once
+    load_config(spec.base, spec.overrides, config_dir=spec.config_dir)  # base errors, once
     short = _short_names(list(axes))
     points: list[SweepPoint] = []
     names: dict[str, dict[str, Any]] = {}
@@ -216,9 +214,9 @@ def expand_sweep(spec: SweepSpec) -> list[SweepPoint]:
         if name in names:
             raise ConfigError(f"sweep points ({described}) and ({names[name]}) get the same directory name {name}")
         names[name] = described
-        overrides = [*spec.overrides, *(_override(k, v) for k, v in values.items())]
+        overrides = [*spec.overrides, *(override_item(k, v) for k, v in values.items())]
         try:
-            config = compose_config(spec.base, {}, overrides, config_dir=spec.config_dir)
+            config = load_config(spec.base, overrides, config_dir=spec.config_dir)
         except ConfigError as exc:
             raise ConfigError(f"sweep point {name} ({described}): {exc}") from None
         swept = {k: v for k, v in values.items() if k != _SEED_KEY}
@@ -277,11 +275,6 @@ def _text(value: Any) -> str:
 
 def _sanitise(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "-", text)
-
-
-def _override(key: str, value: Any) -> str:
-    """A ``key=value`` override: group selections by name, dotted keys as JSON (valid YAML)."""
-    return f"{key}={value}" if "." not in key else f"{key}={json.dumps(value)}"
 
 
 # --------------------------------------------------------------------------- running
@@ -369,7 +362,7 @@ def run_points(
 
 def train_point(point: SweepPoint, run_dir: Path, resume: bool, progress: bool = True) -> str:
     """Train (or resume) one point in ``run_dir``; returns the run's status."""
-    from .training import Trainer
+    from ..training import Trainer
 
     return Trainer(point.config, run_dir, resume=resume, progress=progress).run_training()["status"]
 
@@ -519,79 +512,46 @@ def plot_sweep(runs: Sequence[tuple[SweepPoint, Path]], plots_dir: Path) -> list
     return written
 
 
-# --------------------------------------------------------------------------- command line
+def sweep(
+    spec: str | Path | SweepSpec | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    config: str | Path | None = None,
+    config_dir: str | Path | None = None,
+    grid: Sequence[str] = (),
+    seeds: str | Sequence[int] | None = None,
+    datasets: str | Sequence[str] | None = None,
+    output_dir: str | Path | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every point of a config grid, as ``bayespeft sweep`` does; returns the manifest.
 
-
-def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``sweep`` sub-command to ``subparsers`` (from ``add_subparsers``); returns its parser."""
-    parser = subparsers.add_parser(
-        "sweep",
-        help="run a grid of configs (values x seeds x datasets), one run directory per point",
-        description="Run every point of a config grid; re-running skips finished points and resumes the others.",
-    )
-    parser.add_argument("spec", nargs="?", help="sweep spec YAML (base, grid, seeds, datasets, output_dir)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="fixed for every point: method.beta=0.1 or group=name"
-    )
-    parser.add_argument("--config", "-c", type=Path, help="base config file (replaces the spec's base)")
-    parser.add_argument("--config-dir", type=Path, help="folder of the group files (default: the base's folder)")
-    parser.add_argument(
-        "--grid",
-        "-g",
-        action="append",
-        default=[],
-        metavar="KEY=V1,V2",
-        help="swept values, repeatable: method.beta=0.1,0.2 or method=blob,mle",
-    )
-    parser.add_argument("--seeds", help="comma-separated seeds (train.seed), e.g. 1,2,3")
-    parser.add_argument("--datasets", help="comma-separated datasets (data.dataset)")
-    parser.add_argument(
-        "--output-dir", "-o", type=path_flag("--output-dir"), help="sweep folder (replaces the spec's output_dir)"
-    )
-    parser.add_argument("--dry-run", action="store_true", help="validate and list the points; run nothing")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    parser.set_defaults(handler=run_sweep)
-    return parser
-
-
-def _spec_from_args(args: argparse.Namespace) -> SweepSpec:
-    """The spec file (the positional without ``=``) with the command line's values on top."""
-    items = [item for item in (args.spec, *args.overrides) if item]
-    files = [item for item in items if "=" not in item]
-    if len(files) > 1:
-        raise ConfigError(f"sweep: one spec file expected, got {', '.join(files)}")
-    spec = load_sweep_spec(files[0]) if files else SweepSpec()
-    spec.overrides = [*spec.overrides, *(item for item in items if "=" in item)]
-    spec.grid = {**spec.grid, **parse_grid_option(args.grid)}
-    if args.config is not None:
-        spec.base = args.config
-    if args.config_dir is not None:
-        spec.config_dir = args.config_dir
-    if args.seeds is not None:
+    ``spec`` is a sweep spec (YAML file or :class:`SweepSpec`); the other arguments go on top of
+    it, as the command line's do: fixed ``overrides``, ``grid`` items ``key=v1,v2``, ``seeds`` and
+    ``datasets`` (lists or comma-separated). Re-running skips finished points; ``dry_run`` runs nothing.
+    """
+    if isinstance(spec, SweepSpec):
+        spec = dataclasses.replace(spec)
+    else:
+        spec = load_sweep_spec(spec) if spec is not None else SweepSpec()
+    spec.overrides = [*spec.overrides, *overrides]
+    spec.grid = {**spec.grid, **parse_grid_option(grid)}
+    if config is not None:
+        spec.base = Path(config)
+    if config_dir is not None:
+        spec.config_dir = Path(config_dir)
+    if isinstance(seeds, str):
         try:
-            spec.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+            seeds = [int(s) for s in seeds.split(",") if s.strip()]
         except ValueError:
-            raise ConfigError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
-    if args.datasets is not None:
-        spec.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    if args.output_dir is not None:
-        spec.output_dir = args.output_dir
-    return spec
-
-
-def run_sweep(args: argparse.Namespace) -> int:
-    """Run ``bayespeft sweep``; returns 0 when every point finished, 1 when some failed."""
-    manifest = execute_sweep(_spec_from_args(args), progress=not args.quiet, dry_run=args.dry_run)
-    points = manifest["points"]
-    if args.dry_run:
-        for entry in points:
-            print(f"{entry['action']:6s} {entry['run_dir']}  ({' '.join(entry['overrides'])})")
-        print(f"{len(points)} points; nothing run (--dry-run)")
-        return 0
-    if "results" in manifest:
-        print(Path(manifest["results"]).read_text(encoding="utf-8"), end="")
-    failed = [e for e in points if e["status"] != "finished"]
-    for entry in failed:
-        print(f"not finished: {entry['name']}: {entry.get('error', entry['status'])}")
-    print(f"{len(points) - len(failed)}/{len(points)} points finished -> {manifest['spec']['output_dir']}")
-    return 1 if failed else 0
+            raise ConfigError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+    if seeds is not None:
+        spec.seeds = list(seeds)
+    if isinstance(datasets, str):
+        datasets = [d.strip() for d in datasets.split(",") if d.strip()]
+    if datasets is not None:
+        spec.datasets = list(datasets)
+    if output_dir is not None:
+        spec.output_dir = Path(output_dir)
+    return execute_sweep(spec, progress=progress, dry_run=dry_run)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from bayespeft.commands.sweep import add_sweep_parser, run_sweep
 from bayespeft.errors import ConfigError, RunDirError
-from bayespeft.sweep import (
+from bayespeft.experiments.sweep import (
     SweepSpec,
-    add_sweep_parser,
     execute_sweep,
     expand_sweep,
     load_sweep_spec,
@@ -19,7 +19,6 @@ from bayespeft.sweep import (
     plot_sweep,
     point_summary,
     results_markdown,
-    run_sweep,
 )
 from bayespeft.training import Trainer
 

@@ -1,0 +1,1 @@
+"""Generation under the posterior: sample answers into stores, manage the stores, score the samples."""
