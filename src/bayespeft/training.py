@@ -52,6 +52,7 @@ from .enums import MCScoring, ModelKind, Precision
 from .errors import ConfigError, DataError, NumericalError, RunDirError
 from .evaluation import evaluate
 from .methods import Method, Optimization, TrainingContext, build_method
+from .model_card import write_model_card
 from .plots import plot_training_log
 from .rundir import RunDir
 from .tasks.base import Example, Task
@@ -615,6 +616,7 @@ class Trainer:
         }
         if acc.is_main_process:
             write_json_atomic(self.run.metrics, payload)
+            write_model_card(self.run.adapter, config, method, payload)
             if self.run.train_log.is_file():  # post-hoc-only runs (max_steps = 0) have no log
                 lines = self.run.train_log.read_text().splitlines()
                 plot_training_log(
