@@ -10,9 +10,11 @@ from .config import RunConfig, load_config
 from .errors import BayesPeftError, ConfigError, DataError, NumericalError, RunDirError
 from .methods import Method, build_method, method_names
 from .predictive import posterior_predictive
+from .pretrained import BayesianPeftModel
 
 __all__ = [
     "BayesPeftError",
+    "BayesianPeftModel",
     "ConfigError",
     "DataError",
     "Method",
