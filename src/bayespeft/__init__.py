@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from .config import RunConfig, load_config
 from .errors import BayesPeftError, ConfigError, DataError, NumericalError, RunDirError
+from .integrations import BayesianTrainer, wrap
 from .methods import Method, build_method, method_names
 from .predictive import posterior_predictive
 from .pretrained import BayesianPeftModel
@@ -15,6 +16,7 @@ from .pretrained import BayesianPeftModel
 __all__ = [
     "BayesPeftError",
     "BayesianPeftModel",
+    "BayesianTrainer",
     "ConfigError",
     "DataError",
     "Method",
@@ -26,4 +28,5 @@ __all__ = [
     "load_config",
     "method_names",
     "posterior_predictive",
+    "wrap",
 ]
