@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
-from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
 
 from bayespeft.backbones import PEFT_TASK_TYPES, load_backbone, load_tokenizer, lora_targets, resolve_model
 from bayespeft.config import LoraSettings, ModelConfig
@@ -38,50 +37,6 @@ def source_adapter(tiny_llama_dir, tmp_path_factory) -> str:
     method = build_method("mle")
     model, _ = adapted(method, tiny_llama_dir)
     return str(method.save_adapter(model, tmp_path_factory.mktemp("source") / "adapter"))
-
-
-def seq2seq_dir(root: Path, smollm2_dir: Path, arch: str) -> Path:
-    """A 1+1-layer random BART or T5 saved with SmolLM2's tokenizer (no seq2seq model is available offline)."""
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    tokens = {
-        "vocab_size": len(tokenizer),
-        "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "decoder_start_token_id": tokenizer.bos_token_id,
-    }
-    torch.manual_seed(0)
-    if arch == "bart":
-        config = BartConfig(
-            d_model=32,
-            encoder_layers=1,
-            decoder_layers=1,
-            encoder_attention_heads=2,
-            decoder_attention_heads=2,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
-            max_position_embeddings=128,
-            bos_token_id=tokenizer.bos_token_id,
-            forced_eos_token_id=None,
-            **tokens,
-        )
-        model = BartForConditionalGeneration(config)
-    else:
-        config = T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4, **tokens)
-        model = T5ForConditionalGeneration(config)
-    target = root / arch
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
-
-
-@pytest.fixture(scope="module")
-def bart_dir(tmp_path_factory, smollm2_dir) -> Path:
-    return seq2seq_dir(tmp_path_factory.mktemp("seq2seq"), smollm2_dir, "bart")
-
-
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory, smollm2_dir) -> Path:
-    return seq2seq_dir(tmp_path_factory.mktemp("seq2seq"), smollm2_dir, "t5")
 
 
 def adapted(method, model_dir: Path):

@@ -16,8 +16,10 @@ from .experiments.compare import compare
 from .experiments.report import report
 from .experiments.sweep import sweep
 from .experiments.tune import tune
+from .integrations import BayesianTrainer, wrap
 from .methods import Method, build_method, method_names
 from .predictive import posterior_predictive
+from .pretrained import BayesianPeftModel
 from .sampling.sample import sample
 from .sampling.score import score
 from .sampling.stores import export_store, merge_stores, salvage_store, store_info
@@ -28,6 +30,8 @@ from .workflows.train import train
 
 __all__ = [
     "BayesPeftError",
+    "BayesianPeftModel",
+    "BayesianTrainer",
     "ConfigError",
     "DataError",
     "Method",
@@ -53,4 +57,5 @@ __all__ = [
     "sweep",
     "train",
     "tune",
+    "wrap",
 ]

@@ -58,6 +58,9 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
     ),
 }
 
+#: Attribute load_backbone sets on a model: the module names its checkpoint lacked (see fresh_modules).
+FRESH_MODULES = "bayespeft_fresh_modules"
+
 # LoRA targets by architecture (config.model_type) when the user names none: attention q/v, plus
 # the LM head (causal LMs) or the classification head (encoders), as in the BLoB reference. The
 # randomly initialised classifier of an encoder stays frozen and adapts through its LoRA branch.
@@ -181,21 +184,35 @@ def load_backbone(
     path, kind = resolve_model(config)
     dtype = torch.bfloat16 if config.precision == Precision.BF16 else torch.float32
     tokenizer = load_tokenizer(path, kind, config.revision)
+    loading = {"dtype": dtype, "revision": config.revision, "output_loading_info": True}
     if kind == ModelKind.CAUSAL_LM:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, revision=config.revision)
+        model, info = AutoModelForCausalLM.from_pretrained(path, **loading)
     elif kind == ModelKind.SEQ2SEQ:
-        model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype, revision=config.revision)
+        model, info = AutoModelForSeq2SeqLM.from_pretrained(path, **loading)
     else:
         if num_labels is None:
             raise ConfigError("model.kind: a sequence-classification backbone needs the task's number of labels")
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=dtype, num_labels=num_labels, revision=config.revision
-        )
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **loading)
+    setattr(model, FRESH_MODULES, fresh_modules(model, info["missing_keys"]))
+    model.name_or_path = hub_id(config)  # what peft records as base_model_name_or_path
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model, tokenizer, kind
+
+
+def fresh_modules(model: PreTrainedModel, missing_keys: list[str]) -> list[str]:
+    """Modules the checkpoint did not hold (e.g. a new classification head): from_pretrained draws them at
+    random, so an adapter must carry them to be reloadable elsewhere."""
+    names = {name for name, _ in model.named_modules()}
+    return sorted({key.rsplit(".", 1)[0] for key in missing_keys if key.rsplit(".", 1)[0] in names})
+
+
+def hub_id(config: ModelConfig) -> str:
+    """The model's hub id (offline short names map to theirs); a local folder or hub id stays as given."""
+    offline = OFFLINE_MODELS.get(config.name.lower())
+    return offline.hub_id if offline is not None else config.name
 
 
 def lora_targets(model: PreTrainedModel, config: ModelConfig) -> list[str]:

@@ -126,7 +126,9 @@ class TrainConfig:
 
     lr: float = 1e-4
     batch_size: int = 4
-    max_steps: int = 200
+    max_steps: int = 200  # optimiser steps; replaced by epochs x steps per epoch when train.epochs is set
+    epochs: int | None = None  # passes over the training set (None: train.max_steps decides), as HF's num_train_epochs
+    gradient_accumulation_steps: int = 1  # micro-batches of batch_size per optimiser step (effective batch N x b)
     warmup_ratio: float = 0.06
     adam_eps: float = 1e-6
     weight_decay: float = 0.0
@@ -146,6 +148,12 @@ class TrainConfig:
         _require(0 < self.lr <= FLOAT32_MAX, "train.lr", f"must be > 0 and fit a float32 (got {self.lr})")
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1 (got {self.batch_size})")
         _require(self.max_steps >= 0, "train.max_steps", f"must be >= 0 (got {self.max_steps})")
+        _require(self.epochs is None or self.epochs >= 1, "train.epochs", f"must be >= 1 or null (got {self.epochs})")
+        _require(
+            self.gradient_accumulation_steps >= 1,
+            "train.gradient_accumulation_steps",
+            f"must be >= 1 (got {self.gradient_accumulation_steps})",
+        )
         check_seed(self.seed, "train.seed")
         _require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1) (got {self.warmup_ratio})")
         _require(self.adam_eps > 0, "train.adam_eps", f"must be > 0 (got {self.adam_eps})")

@@ -52,6 +52,7 @@ from .enums import MCScoring, ModelKind, Precision
 from .errors import ConfigError, DataError, NumericalError, RunDirError
 from .evaluation import evaluate
 from .methods import Method, Optimization, TrainingContext, build_method
+from .model_card import write_model_card
 from .plots import plot_training_log
 from .rundir import RunDir
 from .tasks.base import Example, Task
@@ -300,16 +301,19 @@ class Trainer:
         session = build_session(config, self._acc)
         acc, method, model, task = session.accelerator, session.method, session.model, session.task
         encoded = task.encode(train_examples)
-        per_step = config.train.batch_size * acc.num_processes
-        batches_per_epoch = len(encoded) // per_step
+        accumulation = config.train.gradient_accumulation_steps
+        per_step = config.train.batch_size * acc.num_processes * accumulation
+        batches_per_epoch = len(encoded) // per_step  # optimiser steps per pass over the data
         if batches_per_epoch == 0:
             raise DataError(
                 f"data.dataset: {len(encoded)} training examples cannot fill one batch of {per_step} "
-                f"(train.batch_size x processes)"
+                f"(train.batch_size x processes x train.gradient_accumulation_steps)"
             )
+        saved_config = config  # config.yaml keeps train.epochs; the loop runs on the steps it derives
+        config = self.config = with_epoch_steps(config, batches_per_epoch)
         context = TrainingContext(
             num_examples=batches_per_epoch * per_step,  # what survives drop_last, as in the reference
-            batch_size=config.train.batch_size,
+            batch_size=config.train.batch_size * accumulation,  # per optimiser step, as the KL period counts it
             batches_per_epoch=batches_per_epoch,
             total_steps=config.train.max_steps,
             num_processes=acc.num_processes,
@@ -323,7 +327,7 @@ class Trainer:
             if self.run != self.target and not self.resume:
                 self.target.clear_staging()  # a rerun that failed or was killed before this one
             self.run.create()
-            save_config(config, self.run.config)
+            save_config(saved_config, self.run.config)
         if config.train.report_to:  # the resolved config as the tracked run's hyperparameters
             hparams = {
                 k: v if isinstance(v, int | float | str) else str(v) for k, v in flatten_dict(config.to_dict()).items()
@@ -385,7 +389,8 @@ class Trainer:
             unit="step",
             disable=not (self.progress and acc.is_main_process),
         )
-        per_step = train.batch_size * acc.num_processes
+        micro = train.batch_size * acc.num_processes  # examples of one micro-batch over all processes
+        accumulation = train.gradient_accumulation_steps
         trainable = list(self._trainable(model).values())
         self._last_checkpoint = start_step
         order: list[int] = []
@@ -393,13 +398,25 @@ class Trainer:
             epoch, position = divmod(step, context.batches_per_epoch)
             if position == 0 or not order:
                 order = epoch_order(len(encoded), train.seed, epoch, train.shuffle)
-            start = position * per_step + acc.process_index * train.batch_size
-            batch = task.collate([encoded[i] for i in order[start : start + train.batch_size]])
-            batch = {k: v.to(acc.device) for k, v in batch.items()}
             began = time.perf_counter()
-            copies = method.train_groups  # ensemble members each see the batch: mean of their NLLs
-            with method.sampling(enabled=True, groups=copies), acc.autocast():
-                nll, batch_scores = batch_loss(task, model, batch, copies)
+            done: list[torch.Tensor] = []  # NLLs of the micro-batches already backpropagated
+            scores: list[dict[str, float]] = []
+            for index in range(accumulation):
+                start = (position * accumulation + index) * micro + acc.process_index * train.batch_size
+                batch = task.collate([encoded[i] for i in order[start : start + train.batch_size]])
+                batch = {k: v.to(acc.device) for k, v in batch.items()}
+                copies = method.train_groups  # ensemble members each see the batch: mean of their NLLs
+                with method.sampling(enabled=True, groups=copies), acc.autocast():
+                    nll, batch_scores = batch_loss(task, model, batch, copies)
+                scores.append(batch_scores)
+                if index + 1 < accumulation:
+                    with acc.no_sync(model):  # gradients add up locally; the last micro-batch synchronises
+                        acc.backward(nll / accumulation)
+                    done.append(nll.detach())
+            batch_scores = {name: statistics.fmean(s[name] for s in scores) for name in scores[0]}
+            # the mean NLL of the N micro-batches; only the last one is still to backpropagate, so the
+            # method's rule (KL weight, clipping, optimiser steps) runs once per optimiser step
+            nll = (torch.stack(done).sum() + nll) / accumulation if done else nll
             record = optimization.step(nll, acc.backward)
             bad = _non_finite(record, trainable)
             if bad is not None:
@@ -599,6 +616,7 @@ class Trainer:
         }
         if acc.is_main_process:
             write_json_atomic(self.run.metrics, payload)
+            write_model_card(self.run.adapter, config, method, payload)
             if self.run.train_log.is_file():  # post-hoc-only runs (max_steps = 0) have no log
                 lines = self.run.train_log.read_text().splitlines()
                 plot_training_log(
@@ -698,6 +716,14 @@ def check_disjoint(train_examples: list[Example], eval_examples: list[Example]) 
             f"data.eval_split: {len(shared)} of the {len(eval_examples)} evaluation examples are also training "
             f"examples (e.g. {shared[0].dataset}:{shared[0].uid}); evaluate on held-out data"
         )
+
+
+def with_epoch_steps(config: RunConfig, steps_per_epoch: int) -> RunConfig:
+    """The config with ``train.max_steps`` = ``train.epochs`` x optimiser steps per epoch when epochs are set."""
+    if config.train.epochs is None:
+        return config
+    train = dataclasses.replace(config.train, max_steps=config.train.epochs * steps_per_epoch)
+    return dataclasses.replace(config, train=train)
 
 
 def batch_loss(

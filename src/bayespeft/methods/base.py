@@ -22,6 +22,7 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.layer import LoraVariant
 from torch import nn
 
+from ..backbones import FRESH_MODULES
 from ..checkpoint import load_tensors, read_json, save_tensors_atomic, write_json_atomic
 from ..config import LoraSettings, MethodConfig, TrainConfig, method_config_class, register_method_config
 from ..errors import ConfigError, NumericalError, RunDirError
@@ -212,8 +213,18 @@ class Method:
     def inject(
         self, model: nn.Module, lora: LoraSettings, target_modules: list[str], task_type: str | None = None
     ) -> PeftModel:
-        """Wrap ``model`` with LoRA on ``target_modules`` and add this method's adapter state."""
-        peft_model = get_peft_model(model, self.lora_config(lora, target_modules, task_type))
+        """Wrap ``model`` with LoRA on ``target_modules`` and add this method's adapter state.
+
+        Modules the backbone's checkpoint lacked (a new classification head) become peft's frozen
+        ``modules_to_save``, so the saved adapter carries them and plain peft rebuilds the same model.
+        """
+        config = self.lora_config(lora, target_modules, task_type)
+        saved = [_saved_module(name, target_modules) for name in getattr(model, FRESH_MODULES, [])]
+        config.modules_to_save = saved or None
+        peft_model = get_peft_model(model, config)
+        for name, parameter in peft_model.named_parameters():
+            if ".modules_to_save." in name:
+                parameter.requires_grad_(False)  # kept as loaded: the head adapts through its LoRA branch
         self.after_inject(peft_model)
         name_layers(peft_model)
         return peft_model
@@ -332,10 +343,14 @@ class Method:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         peft_model = _unwrap(model)
-        peft_model.peft_config["default"].save_pretrained(str(directory))
+        peft_config = peft_model.peft_config["default"]
+        peft_config.save_pretrained(str(directory))
         tensors = self.adapter_state(peft_model)
+        saved_modules = peft_config.modules_to_save or []
         if mean_only:
-            tensors = {k: v for k, v in tensors.items() if _is_plain_lora_key(k)}
+            tensors = {k: v for k, v in tensors.items() if _is_plain_lora_key(k) or _in_modules(k, saved_modules)}
+        elif any(not (_is_plain_lora_key(k) or _in_modules(k, saved_modules)) for k in tensors):
+            _mark_posterior(directory / ADAPTER_CONFIG, self.name)
         save_tensors_atomic(directory / ADAPTER_WEIGHTS, tensors, metadata={"format": "pt"})
         write_json_atomic(
             directory / METHOD_FILE,
@@ -349,6 +364,11 @@ class Method:
         tensors = load_tensors(directory / ADAPTER_WEIGHTS)
         peft_model = _unwrap(model)
         expected = set(self.adapter_state(peft_model))
+        # adapters saved before heads travelled with them rebuild the head from train.seed instead
+        older = [
+            k for k in expected - set(tensors) if _in_modules(k, peft_model.peft_config["default"].modules_to_save)
+        ]
+        expected -= set(older)
         missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         if missing or unexpected:
             what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
@@ -405,6 +425,31 @@ def _unwrap(model: nn.Module) -> PeftModel:
     if not isinstance(model, PeftModel):
         raise TypeError(f"expected a peft model, got {type(model).__name__}")
     return model
+
+
+def _saved_module(name: str, target_modules: list[str]) -> str:
+    """peft's modules_to_save entry for a fresh module: its base layer when LoRA adapts it too."""
+    adapted = any(name == t or name.endswith("." + t) for t in target_modules)
+    return f"{name}.base_layer" if adapted else name
+
+
+def _in_modules(key: str, modules: list[str] | set[str] | None) -> bool:
+    """Whether a saved adapter key belongs to one of peft's modules_to_save."""
+    return any(f".{module}." in key for module in modules or [])
+
+
+#: adapter_config.json field that plain peft does not know, so it warns on loading a full posterior.
+POSTERIOR_FIELD = "bayespeft_posterior_ignored_by_plain_peft"
+
+
+def _mark_posterior(config_path: Path, method: str) -> None:
+    """Add POSTERIOR_FIELD: peft warns about the unknown field naming it, and still loads the mean."""
+    fields = read_json(config_path)
+    fields[POSTERIOR_FIELD] = (
+        f"{method}: plain peft loads lora_A/lora_B and ignores the posterior tensors; "
+        "bayespeft.BayesianPeftModel.from_pretrained loads them to sample"
+    )
+    write_json_atomic(config_path, fields)
 
 
 def _is_plain_lora_key(key: str) -> bool:
