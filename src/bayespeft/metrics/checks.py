@@ -96,12 +96,12 @@ def check_scores(values: Tensor | Sequence[float], name: str) -> Tensor:
     return t
 
 
-def check_correct(values: Tensor | Sequence[bool], n: int) -> Tensor:
-    """Whether each of ``n`` answers is right, as a bool CPU tensor (accepts booleans or 0/1)."""
+def check_correct(values: Tensor | Sequence[bool], n: int, name: str = "correct") -> Tensor:
+    """One boolean per example (``n`` of them; booleans or 0/1), e.g. whether each answer is right, on the CPU."""
     t = values.detach().cpu() if isinstance(values, Tensor) else torch.as_tensor(list(values))
     if t.dim() != 1 or t.numel() != n:
-        raise ValueError(f"correct must have one entry per example ({n}), got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must have one entry per example ({n}), got shape {tuple(t.shape)}")
     as_float = t.to(FLOAT)
     if not ((as_float == 0) | (as_float == 1)).all():
-        raise ValueError("correct must be booleans (or 0/1)")
+        raise ValueError(f"{name} must be booleans (or 0/1)")
     return as_float.bool()
