@@ -7,17 +7,16 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_roc
-from torchmetrics.utilities import dim_zero_cat
 
-from ..checks import FLOAT, check_correct, check_scores
+from ..checks import FLOAT
 from ..ood import auroc
+from .ranked_examples import RankedExamples
 
 __all__ = ["UncertaintyAUROC"]
 
 
-class UncertaintyAUROC(Metric):
+class UncertaintyAUROC(RankedExamples):
     """Exact AUROC (ties count 1/2) of telling positives from negatives by uncertainty, over every example seen.
 
     ``update(uncertainty [N], positive [N])``: positives are out-of-distribution inputs
@@ -28,33 +27,16 @@ class UncertaintyAUROC(Metric):
     ROC curve, which torchmetrics' ``binary_roc`` gives.
     """
 
-    is_differentiable = False
     higher_is_better = True
-    full_state_update = False
-    plot_lower_bound = 0.0
-    plot_upper_bound = 1.0
-
-    uncertainty: list[Tensor]
-    positive: list[Tensor]
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("uncertainty", default=[], dist_reduce_fx="cat")
-        self.add_state("positive", default=[], dist_reduce_fx="cat")
+    flag_name = "positive"
 
     def update(self, uncertainty: Tensor | Sequence[float], positive: Tensor | Sequence[bool]) -> None:
         """Add a batch of scores (higher = more uncertain) and whether each example is a positive."""
-        u = check_scores(uncertainty, "uncertainty")
-        self.uncertainty.append(u.to(self.device))
-        self.positive.append(check_correct(positive, u.numel(), "positive").to(self.device, FLOAT))
-
-    def _state(self) -> tuple[Tensor, Tensor]:
-        """(uncertainty, positive as bool) of every example seen, on the CPU."""
-        return dim_zero_cat(self.uncertainty).cpu(), dim_zero_cat(self.positive).cpu().bool()
+        self.add_examples(uncertainty, positive)
 
     def compute(self) -> Tensor:
         """The AUROC as a float64 scalar; ValueError unless both positives and negatives were seen."""
-        u, positive = self._state()
+        u, positive = self.examples()
         return torch.tensor(auroc(u[~positive], u[positive]), dtype=FLOAT)
 
     def plot(self, ax: Any = None) -> tuple[Any, Any]:
@@ -63,7 +45,7 @@ class UncertaintyAUROC(Metric):
 
         value = self.compute().item()
         with self.sync_context():
-            u, positive = self._state()
+            u, positive = self.examples()
         fpr, tpr, _ = binary_roc(u, positive.long(), thresholds=None)
         fig, ax = plt.subplots() if ax is None else (ax.get_figure(), ax)
         ax.plot([0, 1], [0, 1], ls="--", color="0.35", lw=1.0, label="Chance (0.5)")

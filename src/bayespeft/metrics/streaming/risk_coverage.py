@@ -7,16 +7,15 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
-from ..checks import FLOAT, check_correct, check_scores
+from ..checks import FLOAT
 from ..selective import accuracy_rejection_curve
+from .ranked_examples import RankedExamples
 
 __all__ = ["AURAC", "AURC"]
 
 
-class AURAC(Metric):
+class AURAC(RankedExamples):
     """Area under the accuracy-rejection curve of every example seen; equals :func:`bayespeft.metrics.aurac`.
 
     ``update(uncertainty [N], correct [N])``. The curve needs the ranking of all examples,
@@ -25,27 +24,14 @@ class AURAC(Metric):
     rejection for reference.
     """
 
-    is_differentiable = False
     higher_is_better: bool | None = True
-    full_state_update = False
-    plot_lower_bound = 0.0
-    plot_upper_bound = 1.0
+    flag_name = "correct"
     x_label = "Fraction of most uncertain examples rejected"
     y_label = "Accuracy of retained examples"
 
-    uncertainty: list[Tensor]
-    correct: list[Tensor]
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("uncertainty", default=[], dist_reduce_fx="cat")
-        self.add_state("correct", default=[], dist_reduce_fx="cat")
-
     def update(self, uncertainty: Tensor | Sequence[float], correct: Tensor | Sequence[bool]) -> None:
         """Add a batch of scores (higher = more uncertain) and whether each answer is right."""
-        u = check_scores(uncertainty, "uncertainty")
-        self.uncertainty.append(u.to(self.device))
-        self.correct.append(check_correct(correct, u.numel()).to(self.device, FLOAT))
+        self.add_examples(uncertainty, correct)
 
     def curve_of(self, uncertainty: Tensor, correct: Tensor) -> tuple[Tensor, Tensor]:
         """The step curve ``(x, y)`` [N] this metric integrates: rejection rate against retained accuracy."""
@@ -53,7 +39,7 @@ class AURAC(Metric):
 
     def _curves(self) -> dict[str, tuple[Tensor, Tensor]]:
         """The curve of every example seen, with the oracle's and random rejection's (a constant score), on the CPU."""
-        u, correct = dim_zero_cat(self.uncertainty).cpu(), dim_zero_cat(self.correct).cpu().bool()
+        u, correct = self.examples()
         return {
             "Uncertainty": self.curve_of(u, correct),
             "Oracle": self.curve_of((~correct).to(FLOAT), correct),
@@ -62,7 +48,7 @@ class AURAC(Metric):
 
     def compute(self) -> Tensor:
         """The area (the mean of the step curve) as a float64 scalar."""
-        return self._curves()["Uncertainty"][1].mean()
+        return self.curve_of(*self.examples())[1].mean()
 
     def plot(self, ax: Any = None) -> tuple[Any, Any]:
         """Draw the curves of every example seen on ``ax`` (a new figure if None); returns (fig, ax)."""
