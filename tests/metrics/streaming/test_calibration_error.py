@@ -66,3 +66,12 @@ def test_plot_draws_the_reliability_diagram():
         assert ax.get_xlabel() == "Confidence" and ax.get_ylabel() == "Accuracy"
     finally:
         matplotlib.pyplot.close(fig)
+
+
+def test_forward_gives_the_batch_value_and_accumulates():
+    probs, labels = case(8)
+    metric = CalibrationError(n_bins=10)
+    first = metric(probs[:60], labels[:60])
+    assert first.item() == pytest.approx(expected_calibration_error(probs[:60], labels[:60], 10), abs=1e-12)
+    metric(probs[60:], labels[60:])
+    assert metric.compute().item() == pytest.approx(expected_calibration_error(probs, labels, 10), abs=1e-12)

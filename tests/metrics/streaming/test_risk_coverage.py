@@ -66,3 +66,11 @@ def test_plots_draw_the_curves_with_oracle_and_random():
             assert (gain >= -1e-12).all() if metric.higher_is_better else (gain <= 1e-12).all()
         finally:
             matplotlib.pyplot.close(fig)
+
+
+def test_forward_gives_the_batch_value_and_accumulates():
+    uncertainty, correct = random_case(4)
+    metric = AURAC()
+    assert metric(uncertainty[:40], correct[:40]).item() == pytest.approx(aurac(uncertainty[:40], correct[:40]))
+    metric(uncertainty[40:], correct[40:])
+    assert metric.compute().item() == pytest.approx(aurac(uncertainty, correct), abs=1e-12)
