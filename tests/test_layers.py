@@ -16,11 +16,6 @@ PACKAGE = Path(bayespeft.__file__).parent
 #: data, sample store); nothing may be added to this list.
 KNOWN_BORROWED = {
     ("bayespeft.data.classification", "_split_boolq"),
-    ("bayespeft.experiments.report", "_bins_from"),
-    ("bayespeft.experiments.report", "_check_n_bins"),
-    ("bayespeft.experiments.report", "_draw_diagonal"),
-    ("bayespeft.experiments.report", "_draw_reliability_bars"),
-    ("bayespeft.experiments.report", "_reliability_legend_handles"),
     ("bayespeft.generation", "_require"),
     ("bayespeft.sample_store", "_json_default"),
     ("bayespeft.sample_store", "_replace_with"),

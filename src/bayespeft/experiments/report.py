@@ -36,12 +36,12 @@ import torch
 
 from ..checkpoint import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 from ..errors import BayesPeftError, ConfigError, RunDirError
-from ..metrics.classification import (
-    _bins_from,
-    _check_n_bins,
-    _draw_diagonal,
-    _draw_reliability_bars,
-    _reliability_legend_handles,
+from ..metrics.checks import check_n_bins
+from ..metrics.reliability import (
+    bin_confidences,
+    draw_diagonal,
+    draw_reliability_bars,
+    reliability_legend_handles,
 )
 from ..rundir import check_writable
 
@@ -542,7 +542,7 @@ def plot_reliability_grid(
     the title gives that pooled ECE. A method run with several N gets a column per N.
     Written as a 150-dpi PNG; returns ``path``.
     """
-    _check_n_bins(n_bins)
+    check_n_bins(n_bins)
     if not rows:
         raise BayesPeftError("no results to plot")
     path = Path(path)
@@ -568,13 +568,13 @@ def plot_reliability_grid(
                 for j, (method, n_samples) in enumerate(columns):
                     ax = axes[i][j]
                     name = f"{method} (N={n_samples})" if method in several_n else method
-                    _draw_diagonal(ax, lw=0.9)
+                    draw_diagonal(ax, lw=0.9)
                     parts = pooled.get((dataset, method, n_samples))
                     if parts:
                         confidence = torch.cat([c for c, _ in parts])
                         correct = torch.cat([k for _, k in parts])
-                        bins = _bins_from(confidence, correct, n_bins)
-                        _draw_reliability_bars(ax, bins, lw=0.5)
+                        bins = bin_confidences(confidence, correct, n_bins)
+                        draw_reliability_bars(ax, bins, lw=0.5)
                         seeds = f", {len(parts)} seeds" if len(parts) > 1 else ""
                         ax.set_title(f"{name} · {dataset}\nECE {100 * bins.ece():.2f}%, n={bins.num_examples}{seeds}")
                     else:
@@ -600,7 +600,7 @@ def plot_reliability_grid(
                         ax.set_xlabel("Confidence")
                     if j == 0:
                         ax.set_ylabel("Accuracy")
-            handles = _reliability_legend_handles(diagonal_lw=0.9)
+            handles = reliability_legend_handles(diagonal_lw=0.9)
             ncol = 3 if n_cols > 1 else 1
             fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, bbox_to_anchor=(0.5, 0.0))
             if title:

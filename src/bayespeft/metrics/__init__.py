@@ -45,6 +45,16 @@ from bayespeft.metrics.semantic import (
     semantic_entropy,
     sequence_entropy,
 )
+from bayespeft.metrics.streaming import (
+    AURAC,
+    AURC,
+    BrierScore,
+    CalibrationError,
+    MutualInformation,
+    NegativeLogLikelihood,
+    PredictiveEntropy,
+    UncertaintyAUROC,
+)
 from bayespeft.metrics.text import (
     REFERENCE_AGGREGATES,
     ROUGE_TYPES,
@@ -56,6 +66,8 @@ from bayespeft.metrics.text import (
 )
 
 __all__ = [
+    "AURAC",
+    "AURC",
     "GENERATIVE_UNCERTAINTY_SCORES",
     "JUDGE_PROMPT",
     "REFERENCE_AGGREGATES",
@@ -63,14 +75,20 @@ __all__ = [
     "AnswerSamples",
     "BERTScore",
     "BootstrapCI",
+    "BrierScore",
+    "CalibrationError",
     "EmbeddingEquivalence",
     "EntailmentEquivalence",
     "EntailmentScorer",
     "EquivalenceJudge",
     "LLMJudge",
+    "MutualInformation",
     "NLICorrectnessJudge",
     "NLIModel",
+    "NegativeLogLikelihood",
+    "PredictiveEntropy",
     "ReliabilityBins",
+    "UncertaintyAUROC",
     "UncertaintyMetrics",
     "accuracy",
     "accuracy_rejection_curve",

@@ -7,182 +7,78 @@ probabilities ``sample_probs`` of shape ``[N, S, C]``. Questions with fewer choi
 ``C`` are right-padded with probability exactly 0; a zero never changes an entropy
 (``0 log 0 = 0``), the Brier score of an absent wrong choice, or the argmax.
 
-All arithmetic is in float64 on the inputs' device. :class:`UncertaintyMetrics`
+All arithmetic is in float64 on the inputs' device, except accuracy, which is torchmetrics'
+``multiclass_accuracy`` (a count ratio, rounded to float32). :class:`UncertaintyMetrics`
 accumulates batches on the CPU and reports everything at once, and draws a reliability
-diagram of what it has seen.
-
-Binning (ECE and reliability diagram). ``n_bins`` equal-width bins on ``[0, 1]``; an
-example goes in bin ``i`` when ``i/n <= confidence < (i+1)/n``, found with
-``torch.bucketize(..., right=True) - 1`` on ``linspace(0, 1, n + 1)`` exactly as
-torchmetrics' ``multiclass_calibration_error`` does. A confidence of exactly 1.0 goes in
-the last bin, which is therefore closed, ``[(n-1)/n, 1]``. This is the one place where
-we differ from torchmetrics 1.x, which gives 1.0 an extra bin of its own (so its ECE
-differs from ours only when some confidence is exactly 1.0, which float32 softmax of a
-very confident model does produce).
+diagram of what it has seen; the streaming, process-synchronised torchmetrics versions of
+each score are in :mod:`bayespeft.metrics.streaming`. ECE binning is described in
+:mod:`bayespeft.metrics.reliability`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
+from torchmetrics.functional.classification import multiclass_accuracy
+
+from .checks import FLOAT, check_labels, check_n_bins, check_probs, probs_and_labels
+from .reliability import ReliabilityBins, bin_confidences, plot_reliability
 
 __all__ = [
     "ReliabilityBins",
     "UncertaintyMetrics",
     "accuracy",
     "brier_score",
+    "check_eps",
     "expected_calibration_error",
     "expected_entropy",
     "mutual_information",
     "negative_log_likelihood",
+    "per_example_brier",
+    "per_example_nll",
     "predictive_entropy",
     "reliability_bins",
 ]
-
-_DTYPE = torch.float64
-# Rows of a probability matrix must sum to 1 within this (float32 softmax is ~1e-7 off).
-_SUM_TOL = 1e-3
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _check_n_bins(n_bins: int) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"n_bins must be an integer >= 1, got {n_bins!r}")
-    return n_bins
-
-
-def _check_probs(probs: Tensor, name: str = "probs", dim: int = 2) -> Tensor:
-    if not isinstance(probs, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(probs).__name__}")
-    if probs.dim() != dim:
-        want = "[N, C]" if dim == 2 else "[N, S, C]"
-        raise ValueError(f"{name} must have shape {want}, got {tuple(probs.shape)}")
-    if probs.shape[-1] < 1:
-        raise ValueError(f"{name} must have at least one class, got shape {tuple(probs.shape)}")
-    if probs.shape[0] == 0:
-        raise ValueError(f"{name} is empty (no examples), got shape {tuple(probs.shape)}")
-    if dim == 3 and probs.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one sample, got shape {tuple(probs.shape)}")
-    p = probs.detach().to(_DTYPE)
-    if not torch.isfinite(p).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if (p < 0).any() or (p > 1 + _SUM_TOL).any():
-        raise ValueError(f"{name} must be probabilities in [0, 1] (pass softmax outputs, not logits)")
-    sums = p.sum(dim=-1)
-    if (sums - 1).abs().max().item() > _SUM_TOL:
-        raise ValueError(
-            f"{name} rows must sum to 1 (got sums from {sums.min().item():.4g} to "
-            f"{sums.max().item():.4g}); pass probabilities, not logits"
-        )
-    return p
-
-
-def _check_labels(labels: Tensor, n: int, n_classes: int) -> Tensor:
-    if not isinstance(labels, Tensor):
-        raise ValueError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.dim() != 1:
-        raise ValueError(f"labels must have shape [N], got {tuple(labels.shape)}")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-    if labels.shape[0] != n:
-        raise ValueError(f"labels has {labels.shape[0]} entries but the probabilities have {n} examples")
-    if n and (labels.min().item() < 0 or labels.max().item() >= n_classes):
-        raise ValueError(
-            f"labels must lie in [0, {n_classes - 1}] for {n_classes} classes, got values from "
-            f"{labels.min().item()} to {labels.max().item()}"
-        )
-    return labels.detach().long()
-
-
-def _inputs(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    p = _check_probs(probs)
-    y = _check_labels(labels, p.shape[0], p.shape[1]).to(p.device)
-    return p, y
 
 
 # --------------------------------------------------------------------------- functional
 
 
 def accuracy(probs: Tensor, labels: Tensor) -> float:
-    """Fraction of examples whose most probable class (first on ties) is the label."""
-    p, y = _inputs(probs, labels)
-    return p.argmax(dim=1).eq(y).to(_DTYPE).mean().item()
-
-
-@dataclass(frozen=True)
-class ReliabilityBins:
-    """Per-bin statistics of top-label confidence against accuracy.
-
-    Attributes are float64 CPU tensors of length ``n_bins`` (``edges`` has ``n_bins + 1``).
-    Empty bins have ``count == 0`` and ``confidence == accuracy == 0``.
-    """
-
-    edges: Tensor
-    count: Tensor
-    confidence: Tensor
-    accuracy: Tensor
-
-    @property
-    def n_bins(self) -> int:
-        return int(self.count.numel())
-
-    @property
-    def num_examples(self) -> int:
-        return int(self.count.sum().item())
-
-    @property
-    def weight(self) -> Tensor:
-        """Fraction of all examples in each bin."""
-        return self.count / self.count.sum()
-
-    @property
-    def gap(self) -> Tensor:
-        """``|accuracy - confidence|`` per bin (0 for empty bins)."""
-        return (self.accuracy - self.confidence).abs()
-
-    def ece(self) -> float:
-        """Expected calibration error: bin gaps weighted by the fraction of examples in each bin."""
-        return (self.weight * self.gap).sum().item()
-
-
-def _bins_from(confidence: Tensor, correct: Tensor, n_bins: int) -> ReliabilityBins:
-    confidence = confidence.to(_DTYPE)
-    edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=_DTYPE, device=confidence.device)
-    # Same rule as torchmetrics: bin i holds edges[i] <= c < edges[i+1]; 1.0 joins the last bin.
-    index = (torch.bucketize(confidence, edges, right=True) - 1).clamp_(0, n_bins - 1)
-    count = torch.zeros(n_bins, dtype=_DTYPE, device=confidence.device)
-    conf_sum = torch.zeros_like(count)
-    acc_sum = torch.zeros_like(count)
-    count.scatter_add_(0, index, torch.ones_like(confidence))
-    conf_sum.scatter_add_(0, index, confidence)
-    acc_sum.scatter_add_(0, index, correct.to(_DTYPE))
-    safe = count.clamp(min=1)
-    return ReliabilityBins(
-        edges=edges.cpu(),
-        count=count.cpu(),
-        confidence=(conf_sum / safe).cpu(),
-        accuracy=(acc_sum / safe).cpu(),
-    )
+    """Fraction of examples whose most probable class (first on ties) is the label (torchmetrics)."""
+    p, y = probs_and_labels(probs, labels)
+    return multiclass_accuracy(p, y, num_classes=p.shape[1], average="micro", validate_args=False).item()
 
 
 def reliability_bins(probs: Tensor, labels: Tensor, n_bins: int = 15) -> ReliabilityBins:
-    """Bin examples by top-label confidence (max probability); see the module doc for the edges."""
-    _check_n_bins(n_bins)
-    p, y = _inputs(probs, labels)
+    """Bin examples by top-label confidence (max probability); see :mod:`bayespeft.metrics.reliability`."""
+    check_n_bins(n_bins)
+    p, y = probs_and_labels(probs, labels)
     confidence, prediction = p.max(dim=1)
-    return _bins_from(confidence, prediction.eq(y), n_bins)
+    return bin_confidences(confidence, prediction.eq(y), n_bins)
 
 
 def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
     """Top-label ECE (L1, bins weighted by their example count), as a fraction in [0, 1]."""
     return reliability_bins(probs, labels, n_bins).ece()
+
+
+def check_eps(eps: float) -> float:
+    """``eps`` if it is a valid NLL probability floor, in ``[0, 1)``."""
+    if not math.isfinite(eps) or eps < 0 or eps >= 1:
+        raise ValueError(f"eps must be in [0, 1), got {eps!r}")
+    return float(eps)
+
+
+def per_example_nll(probs: Tensor, labels: Tensor, eps: float = 0.0) -> Tensor:
+    """``-log p(label)`` per example, [N] float64, with the floor of :func:`negative_log_likelihood`."""
+    check_eps(eps)
+    p, y = probs_and_labels(probs, labels)
+    floor = max(eps, torch.finfo(FLOAT).tiny)
+    return -p.gather(1, y[:, None]).squeeze(1).clamp(min=floor).log()
 
 
 def negative_log_likelihood(probs: Tensor, labels: Tensor, eps: float = 0.0) -> float:
@@ -193,19 +89,19 @@ def negative_log_likelihood(probs: Tensor, labels: Tensor, eps: float = 0.0) -> 
     0 costs about 708 nats instead of making the mean infinite. Pass a larger ``eps`` to
     cap the cost of one example further.
     """
-    if not math.isfinite(eps) or eps < 0 or eps >= 1:
-        raise ValueError(f"eps must be in [0, 1), got {eps!r}")
-    p, y = _inputs(probs, labels)
-    floor = max(float(eps), torch.finfo(_DTYPE).tiny)
-    p_y = p.gather(1, y[:, None]).squeeze(1).clamp(min=floor)
-    return (-p_y.log()).mean().item()
+    return per_example_nll(probs, labels, eps).mean().item()
+
+
+def per_example_brier(probs: Tensor, labels: Tensor) -> Tensor:
+    """``sum_c (p_c - onehot_c)^2`` per example, [N] float64."""
+    p, y = probs_and_labels(probs, labels)
+    onehot = torch.nn.functional.one_hot(y, p.shape[1]).to(FLOAT)
+    return (p - onehot).pow(2).sum(dim=1)
 
 
 def brier_score(probs: Tensor, labels: Tensor) -> float:
     """Mean over examples of ``sum_c (p_c - onehot_c)^2`` (0 is perfect, 2 is the worst)."""
-    p, y = _inputs(probs, labels)
-    onehot = torch.nn.functional.one_hot(y, p.shape[1]).to(_DTYPE)
-    return (p - onehot).pow(2).sum(dim=1).mean().item()
+    return per_example_brier(probs, labels).mean().item()
 
 
 def _entropy(p: Tensor) -> Tensor:
@@ -215,12 +111,12 @@ def _entropy(p: Tensor) -> Tensor:
 
 def predictive_entropy(probs: Tensor) -> Tensor:
     """Per-example entropy ``-sum_c p_c log p_c`` in nats: [N, C] -> [N] float64."""
-    return _entropy(_check_probs(probs)).clamp_(min=0.0)
+    return _entropy(check_probs(probs)).clamp_(min=0.0)
 
 
 def expected_entropy(sample_probs: Tensor) -> Tensor:
     """Per-example mean over samples of each sample's entropy (aleatoric part): [N, S, C] -> [N]."""
-    return _entropy(_check_probs(sample_probs, "sample_probs", dim=3)).clamp_(min=0.0).mean(dim=1)
+    return _entropy(check_probs(sample_probs, "sample_probs", dim=3)).clamp_(min=0.0).mean(dim=1)
 
 
 def _decompose(sample_probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -237,7 +133,7 @@ def mutual_information(sample_probs: Tensor) -> Tensor:
     ``[N, S, C] -> [N]`` in nats, clamped at 0 against rounding; exactly 0 when ``S == 1``
     or all samples agree, and never above the predictive entropy.
     """
-    return _decompose(_check_probs(sample_probs, "sample_probs", dim=3))[2]
+    return _decompose(check_probs(sample_probs, "sample_probs", dim=3))[2]
 
 
 # --------------------------------------------------------------------------- streaming
@@ -262,7 +158,7 @@ class UncertaintyMetrics:
     """
 
     def __init__(self, n_bins: int = 15) -> None:
-        self.n_bins = _check_n_bins(n_bins)
+        self.n_bins = check_n_bins(n_bins)
         self.reset()
 
     def reset(self) -> None:
@@ -285,8 +181,8 @@ class UncertaintyMetrics:
 
     def update(self, sample_probs: Tensor, labels: Tensor) -> None:
         """Add a batch: ``sample_probs`` [B, S, C] per-sample probabilities, ``labels`` [B] ints."""
-        p = _check_probs(sample_probs, "sample_probs", dim=3).cpu()
-        y = _check_labels(labels, p.shape[0], p.shape[2]).cpu()
+        p = check_probs(sample_probs, "sample_probs", dim=3).cpu()
+        y = check_labels(labels, p.shape[0], p.shape[2]).cpu()
         if self._num_samples is not None and p.shape[1] != self._num_samples:
             raise ValueError(
                 f"sample_probs has {p.shape[1]} samples per example but earlier batches had "
@@ -378,128 +274,4 @@ class UncertaintyMetrics:
         """Write a reliability diagram (PNG, 150 dpi) of everything seen and return its path."""
         bins = self.bins()
         scores = self.compute()
-        return _plot_reliability(bins, scores, os.fspath(path), title)
-
-
-_ACCURACY_COLOR = "#4C72B0"
-_GAP_STYLE = {"facecolor": (0.84, 0.15, 0.16, 0.25), "edgecolor": (0.84, 0.15, 0.16, 0.9), "hatch": "///"}
-
-
-def _draw_diagonal(ax: Any, lw: float) -> None:
-    """The dashed perfect-calibration line of a reliability panel."""
-    ax.plot([0, 1], [0, 1], ls="--", color="0.35", lw=lw, zorder=3)
-
-
-def _draw_reliability_bars(ax: Any, bins: ReliabilityBins, lw: float) -> None:
-    """Accuracy bars of the non-empty bins, with hatched bars spanning the gap to their mean confidence."""
-    import numpy as np
-
-    edges = bins.edges.numpy()
-    acc = bins.accuracy.numpy()
-    conf = bins.confidence.numpy()
-    left, width = edges[:-1], edges[1:] - edges[:-1]
-    filled = bins.count.numpy() > 0
-    ax.bar(
-        left[filled],
-        acc[filled],
-        width=width[filled],
-        align="edge",
-        color=_ACCURACY_COLOR,
-        edgecolor="white",
-        linewidth=lw,
-        zorder=1,
-    )
-    ax.bar(
-        left[filled],
-        np.abs(acc[filled] - conf[filled]),
-        bottom=np.minimum(acc[filled], conf[filled]),
-        width=width[filled],
-        align="edge",
-        linewidth=lw,
-        zorder=2,
-        **_GAP_STYLE,
-    )
-
-
-def _reliability_legend_handles(diagonal_lw: float) -> list[Any]:
-    """Legend entries for :func:`_draw_reliability_bars` and :func:`_draw_diagonal`."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    return [
-        Patch(facecolor=_ACCURACY_COLOR, label="Accuracy"),
-        Patch(label="Gap to confidence", **_GAP_STYLE),
-        plt.Line2D([], [], ls="--", color="0.35", lw=diagonal_lw, label="Perfect calibration"),
-    ]
-
-
-def _plot_reliability(bins: ReliabilityBins, scores: dict[str, float], path: str, title: str | None) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    edges = bins.edges.numpy()
-    count = bins.count.numpy()
-    width = edges[1:] - edges[:-1]
-    left = edges[:-1]
-
-    with plt.rc_context(
-        {
-            "font.size": 9,
-            "axes.titlesize": 10,
-            "axes.labelsize": 9,
-            "legend.fontsize": 8,
-            "axes.spines.top": False,
-            "axes.spines.right": False,
-        }
-    ):
-        fig, (ax, hist) = plt.subplots(
-            2,
-            1,
-            sharex=True,
-            figsize=(4.2, 4.8),
-            gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08},
-            constrained_layout=False,
-        )
-        try:
-            _draw_diagonal(ax, lw=1.0)
-            _draw_reliability_bars(ax, bins, lw=0.6)
-            handles = [
-                *_reliability_legend_handles(diagonal_lw=1.0),
-                Patch(color="none", label=f"ECE = {100 * scores['ece']:.2f}%"),
-            ]
-            ax.legend(handles=handles, loc="upper left", frameon=False, handlelength=1.6)
-            ax.set_xlim(0, 1)
-            ax.set_ylim(0, 1)
-            ax.set_ylabel("Accuracy")
-            ax.set_aspect("auto")
-            ax.grid(alpha=0.25, lw=0.5)
-            ax.set_axisbelow(True)
-            ax.set_title(title if title is not None else "Reliability diagram")
-
-            frac = 100 * count / count.sum()
-            hist.bar(left, frac, width=width, align="edge", color="0.55", edgecolor="white", linewidth=0.6)
-            hist.axvline(scores["acc"], color="#4C72B0", lw=1.2, label=f"Accuracy ({scores['acc']:.2f})")
-            mean_conf = float((bins.count * bins.confidence).sum() / bins.count.sum())
-            hist.axvline(mean_conf, color="#C44E52", lw=1.2, ls="--", label=f"Avg. confidence ({mean_conf:.2f})")
-            hist.set_ylabel("% of examples")
-            hist.set_xlabel("Confidence")
-            hist.set_ylim(0, max(frac.max() * 1.15, 1.0))
-            hist.grid(alpha=0.25, lw=0.5)
-            hist.set_axisbelow(True)
-            hist.legend(loc="upper left", frameon=False, fontsize=7, handlelength=1.4)
-            fig.text(
-                0.99,
-                0.005,
-                f"n = {scores['num_examples']}, S = {scores['num_samples']}, {bins.n_bins} bins",
-                ha="right",
-                va="bottom",
-                fontsize=7,
-                color="0.4",
-            )
-            fig.savefig(path, dpi=150, bbox_inches="tight")
-        finally:
-            plt.close(fig)
-    return path
+        return plot_reliability(bins, scores, os.fspath(path), title)

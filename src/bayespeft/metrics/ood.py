@@ -30,11 +30,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .classification import _check_probs, _decompose, _entropy
+from .checks import FLOAT, check_probs, check_scores
+from .classification import mutual_information, predictive_entropy
 
 __all__ = ["OOD_SCORES", "auroc", "ood_detection", "ood_scores"]
-
-_DTYPE = torch.float64
 
 #: Score names, in the order :func:`ood_detection` reports them.
 OOD_SCORES = ("entropy", "max_prob", "mutual_information")
@@ -50,44 +49,20 @@ def ood_scores(probs: Tensor | None = None, sample_probs: Tensor | None = None) 
     """
     if probs is None and sample_probs is None:
         raise ValueError("ood_scores needs probs [N, C] or sample_probs [N, S, C]")
-    scores: dict[str, Tensor] = {}
+    if sample_probs is None:
+        p = check_probs(probs)
+    else:
+        sp = check_probs(sample_probs, "sample_probs", dim=3)
+        p = sp.mean(dim=1) if probs is None else check_probs(probs)
+        if p.shape[0] != sp.shape[0] or p.shape[1] != sp.shape[2]:
+            raise ValueError(
+                f"probs has shape {tuple(p.shape)} but sample_probs has {tuple(sp.shape)}; "
+                "expected [N, C] and [N, S, C] with the same N and C"
+            )
+    scores = {"entropy": predictive_entropy(p), "max_prob": 1.0 - p.max(dim=1).values}
     if sample_probs is not None:
-        sp = _check_probs(sample_probs, "sample_probs", dim=3)
-        mean, _, mi = _decompose(sp)
-        if probs is None:
-            p = mean
-        else:
-            p = _check_probs(probs)
-            if p.shape[0] != sp.shape[0] or p.shape[1] != sp.shape[2]:
-                raise ValueError(
-                    f"probs has shape {tuple(p.shape)} but sample_probs has {tuple(sp.shape)}; "
-                    "expected [N, C] and [N, S, C] with the same N and C"
-                )
-        scores["entropy"] = _entropy(p).clamp(min=0.0)
-        scores["max_prob"] = 1.0 - p.max(dim=1).values
-        scores["mutual_information"] = mi
-    else:
-        p = _check_probs(probs)
-        scores["entropy"] = _entropy(p).clamp(min=0.0)
-        scores["max_prob"] = 1.0 - p.max(dim=1).values
+        scores["mutual_information"] = mutual_information(sp)
     return scores
-
-
-def _as_scores(values: Tensor | Sequence[float], name: str) -> Tensor:
-    if isinstance(values, Tensor):
-        t = values.detach().to(device="cpu", dtype=_DTYPE)
-    else:
-        try:
-            t = torch.as_tensor(list(values), dtype=_DTYPE)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{name} must be a sequence of numbers: {exc}") from None
-    if t.dim() != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {tuple(t.shape)}")
-    if t.numel() == 0:
-        raise ValueError(f"{name} is empty: AUROC needs at least one in- and one out-of-distribution score")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return t
 
 
 def auroc(scores_in: Tensor | Sequence[float], scores_out: Tensor | Sequence[float]) -> float:
@@ -97,13 +72,13 @@ def auroc(scores_in: Tensor | Sequence[float], scores_out: Tensor | Sequence[flo
     computed in ``O(n log n)`` by grouping equal values. Raises ValueError for an empty,
     non-1-D or non-finite input.
     """
-    s_in = _as_scores(scores_in, "scores_in")
-    s_out = _as_scores(scores_out, "scores_out")
+    s_in = check_scores(scores_in, "scores_in")
+    s_out = check_scores(scores_out, "scores_out")
     n_in, n_out = s_in.numel(), s_out.numel()
     values, inverse = torch.unique(torch.cat([s_in, s_out]), sorted=True, return_inverse=True)
     k = values.numel()
-    count_in = torch.bincount(inverse[:n_in], minlength=k).to(_DTYPE)
-    count_out = torch.bincount(inverse[n_in:], minlength=k).to(_DTYPE)
+    count_in = torch.bincount(inverse[:n_in], minlength=k).to(FLOAT)
+    count_out = torch.bincount(inverse[n_in:], minlength=k).to(FLOAT)
     # For each distinct value: ID scores strictly below it, plus half of the ID scores equal to it.
     below_in = torch.cumsum(count_in, 0) - count_in
     wins = (count_out * (below_in + 0.5 * count_in)).sum().item()

@@ -41,7 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .ood import _as_scores, auroc
+from .checks import FLOAT, check_correct, check_scores
+from .ood import auroc
 
 __all__ = [
     "BootstrapCI",
@@ -53,27 +54,15 @@ __all__ = [
     "selective_prediction",
 ]
 
-_DTYPE = torch.float64
-
 
 def _uncertainty(values: Tensor | Sequence[float]) -> Tensor:
     """Per-example uncertainty as a finite, non-empty 1-D float64 tensor (the checks AUROC's scores get)."""
-    return _as_scores(values, "uncertainty")
-
-
-def _correct(values: Tensor | Sequence[bool], n: int) -> Tensor:
-    t = values.detach().cpu() if isinstance(values, Tensor) else torch.as_tensor(list(values))
-    if t.dim() != 1 or t.numel() != n:
-        raise ValueError(f"correct must have one entry per example ({n}), got shape {tuple(t.shape)}")
-    as_float = t.to(_DTYPE)
-    if not ((as_float == 0) | (as_float == 1)).all():
-        raise ValueError("correct must be booleans (or 0/1)")
-    return as_float.bool()
+    return check_scores(values, "uncertainty")
 
 
 def _inputs(uncertainty: Tensor | Sequence[float], correct: Tensor | Sequence[bool]) -> tuple[Tensor, Tensor]:
     u = _uncertainty(uncertainty)
-    return u, _correct(correct, u.numel())
+    return u, check_correct(correct, u.numel())
 
 
 def _error_auroc(u: Tensor, c: Tensor) -> float:
@@ -86,11 +75,11 @@ def _error_auroc(u: Tensor, c: Tensor) -> float:
 def _arc(u: Tensor, c: Tensor) -> Tensor:
     """Accuracies of validated inputs after rejecting 0, 1, ..., N-1 examples (tie groups averaged)."""
     order = torch.argsort(u, stable=True)  # most certain first
-    sorted_u, sorted_c = u[order], c[order].to(_DTYPE)
+    sorted_u, sorted_c = u[order], c[order].to(FLOAT)
     _, group, group_size = torch.unique_consecutive(sorted_u, return_inverse=True, return_counts=True)
-    group_correct = torch.zeros(group_size.numel(), dtype=_DTYPE).scatter_add_(0, group, sorted_c)
-    expected = (group_correct / group_size.to(_DTYPE))[group]
-    retained = torch.arange(1, u.numel() + 1, dtype=_DTYPE)
+    group_correct = torch.zeros(group_size.numel(), dtype=FLOAT).scatter_add_(0, group, sorted_c)
+    expected = (group_correct / group_size.to(FLOAT))[group]
+    retained = torch.arange(1, u.numel() + 1, dtype=FLOAT)
     accuracy_retained = expected.cumsum(0) / retained  # accuracy of the m most certain, m = 1..N
     return accuracy_retained.flip(0)  # index k: k rejected, N - k retained
 
@@ -109,7 +98,7 @@ def accuracy_rejection_curve(
 ) -> tuple[Tensor, Tensor]:
     """``(rejection_rate, accuracy)`` float64 tensors ``[N]``: rates ``k / N`` and the retained accuracy."""
     u, c = _inputs(uncertainty, correct)
-    return torch.arange(u.numel(), dtype=_DTYPE) / u.numel(), _arc(u, c)
+    return torch.arange(u.numel(), dtype=FLOAT) / u.numel(), _arc(u, c)
 
 
 def aurac(uncertainty: Tensor | Sequence[float], correct: Tensor | Sequence[bool]) -> float:
@@ -151,11 +140,11 @@ def _resamples(n: int, n_boot: int, seed: int) -> Tensor:
 
 
 def _interval(estimate: float, replicates: list[float], confidence: float) -> BootstrapCI:
-    values = torch.tensor([v for v in replicates if not math.isnan(v)], dtype=_DTYPE)
+    values = torch.tensor([v for v in replicates if not math.isnan(v)], dtype=FLOAT)
     if values.numel() == 0:
         return BootstrapCI(estimate, math.nan, math.nan, confidence, 0)
     alpha = (1.0 - confidence) / 2
-    low, high = torch.quantile(values, torch.tensor([alpha, 1.0 - alpha], dtype=_DTYPE)).tolist()
+    low, high = torch.quantile(values, torch.tensor([alpha, 1.0 - alpha], dtype=FLOAT)).tolist()
     return BootstrapCI(estimate, low, high, confidence, values.numel())
 
 
@@ -195,7 +184,7 @@ def selective_prediction(
         raise ValueError("scores is empty")
     validated = {name: _uncertainty(values) for name, values in scores.items()}
     n = next(iter(validated.values())).numel()
-    c = _correct(correct, n)
+    c = check_correct(correct, n)
     resamples = _resamples(n, n_boot, seed)
     out: dict[str, dict[str, BootstrapCI]] = {}
     for name, u in validated.items():
@@ -250,10 +239,10 @@ def plot_accuracy_rejection(
         _check_bootstrap(n_boot, confidence)
     validated = {name: _uncertainty(values) for name, values in scores.items()}
     n = next(iter(validated.values())).numel()
-    c = _correct(correct, n)
-    rates = torch.arange(n, dtype=_DTYPE) / n
-    base_accuracy = c.to(_DTYPE).mean().item()
-    oracle = _arc((~c).to(_DTYPE), c)
+    c = check_correct(correct, n)
+    rates = torch.arange(n, dtype=FLOAT) / n
+    base_accuracy = c.to(FLOAT).mean().item()
+    oracle = _arc((~c).to(FLOAT), c)
     resamples = _resamples(n, n_boot, seed) if n_boot else None
     path = os.fspath(path)
 
@@ -281,7 +270,7 @@ def plot_accuracy_rejection(
                 if resamples is not None:
                     replicates = torch.stack([_arc(u[i], c[i]) for i in resamples])
                     alpha = (1.0 - confidence) / 2
-                    band = torch.quantile(replicates, torch.tensor([alpha, 1.0 - alpha], dtype=_DTYPE), dim=0)
+                    band = torch.quantile(replicates, torch.tensor([alpha, 1.0 - alpha], dtype=FLOAT), dim=0)
                     _, band_low = _step(rates, band[0])
                     _, band_high = _step(rates, band[1])
                     ax.fill_between(x, band_low, band_high, step="post", color=colour, alpha=0.18, lw=0)
