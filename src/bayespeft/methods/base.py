@@ -348,8 +348,8 @@ class Method:
         tensors = self.adapter_state(peft_model)
         saved_modules = peft_config.modules_to_save or []
         if mean_only:
-            tensors = {k: v for k, v in tensors.items() if is_plain_lora_key(k) or _in_modules(k, saved_modules)}
-        elif any(not (is_plain_lora_key(k) or _in_modules(k, saved_modules)) for k in tensors):
+            tensors = {k: v for k, v in tensors.items() if is_plain_lora_key(k) or in_saved_modules(k, saved_modules)}
+        elif any(not (is_plain_lora_key(k) or in_saved_modules(k, saved_modules)) for k in tensors):
             _mark_posterior(directory / ADAPTER_CONFIG, self.name)
         save_tensors_atomic(directory / ADAPTER_WEIGHTS, tensors, metadata={"format": "pt"})
         write_json_atomic(
@@ -366,7 +366,7 @@ class Method:
         expected = set(self.adapter_state(peft_model))
         # adapters saved before heads travelled with them rebuild the head from train.seed instead
         older = [
-            k for k in expected - set(tensors) if _in_modules(k, peft_model.peft_config["default"].modules_to_save)
+            k for k in expected - set(tensors) if in_saved_modules(k, peft_model.peft_config["default"].modules_to_save)
         ]
         expected -= set(older)
         missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
@@ -433,7 +433,7 @@ def _saved_module(name: str, target_modules: list[str]) -> str:
     return f"{name}.base_layer" if adapted else name
 
 
-def _in_modules(key: str, modules: list[str] | set[str] | None) -> bool:
+def in_saved_modules(key: str, modules: list[str] | set[str] | None) -> bool:
     """Whether a saved adapter key belongs to one of peft's modules_to_save."""
     return any(f".{module}." in key for module in modules or [])
 

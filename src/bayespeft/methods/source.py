@@ -11,7 +11,7 @@ from torch import nn
 from ..checkpoint import load_tensors
 from ..config import LoraSettings
 from ..errors import ConfigError, RunDirError
-from .base import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Method, is_plain_lora_key
+from .base import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Method, in_saved_modules, is_plain_lora_key
 
 
 def source_folder(path: str) -> Path:
@@ -48,10 +48,19 @@ def check_source_shape(folder: Path, lora: LoraSettings, target_modules: list[st
 
 
 def load_source_lora(method: Method, model: PeftModel, folder: Path) -> None:
-    """Load the source adapter's lora_A / lora_B into ``model`` (any variance tensors are ignored)."""
+    """Load the source adapter's lora_A / lora_B and its fresh head (peft's ``modules_to_save``) into
+    ``model``; any variance tensors are ignored. A source saved before heads travelled with adapters
+    keeps this run's head, which was rebuilt from the same ``train.seed``."""
     weights = folder / ADAPTER_WEIGHTS
-    tensors = {k: v for k, v in load_tensors(weights).items() if is_plain_lora_key(k)}
-    expected = {k: v.shape for k, v in method.adapter_state(model).items() if is_plain_lora_key(k)}
+    saved_modules = model.peft_config["default"].modules_to_save
+
+    def wanted(key: str) -> bool:
+        return is_plain_lora_key(key) or in_saved_modules(key, saved_modules)
+
+    tensors = {k: v for k, v in load_tensors(weights).items() if wanted(k)}
+    state = {k: v for k, v in method.adapter_state(model).items() if wanted(k)}
+    tensors |= {k: state[k] for k in state.keys() - tensors.keys() if in_saved_modules(k, saved_modules)}
+    expected = {k: v.shape for k, v in state.items()}
     missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
     if missing or unexpected:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
