@@ -31,6 +31,7 @@ from .base import (
     register_method,
     split_groups,
 )
+from .flipout import flipout_noise
 from .kl_schedule import kl_period, kl_weight, summarize_schedule
 
 RHO = "lora_A_rho"
@@ -121,17 +122,12 @@ def laplace_from_uniform(uniform: torch.Tensor) -> torch.Tensor:
     return -torch.sign(uniform) * torch.log1p(-uniform.abs())
 
 
-def rademacher_like(x: torch.Tensor, shape: torch.Size | tuple[int, ...] | None = None) -> torch.Tensor:
-    """Independent random signs (+1/-1) in x's dtype and device."""
-    shape = x.shape if shape is None else shape
-    return torch.randint(0, 2, shape, device=x.device, dtype=torch.int8).to(x.dtype).mul_(2).sub_(1)
-
-
 class BlobVariant(MeanMergeVariant):
     """Flipout sampling of A on one LoRA linear layer (peft LoRA variant).
 
     Output: W0 x + s * B (A d(x) + n), with n = ((d(x) * R) (G * E)^T) * S, E one noise draw per
-    layer and pass (per sample group), R and S per-token random signs. Merging uses the mean.
+    layer and pass (per sample group), R and S per-token random signs (:func:`flipout_noise`, which
+    keeps no signed copy of d(x) for backward). Merging uses the mean.
     """
 
     def __init__(self, state: SamplingState, parameterization: StdParameterization, laplace: bool) -> None:
@@ -178,10 +174,7 @@ class BlobVariant(MeanMergeVariant):
         std = posterior_std(rho, self.parameterization).to(x.dtype)
         rank, d_in = std.shape
         unit = block_noise(self.state, module, tag, lambda: self.noise((groups, rank, d_in), std))
-        scaled_noise = std * unit  # one draw per sample group
-        flipped = split_groups(x * rademacher_like(x), groups)
-        noise = torch.bmm(flipped, scaled_noise.transpose(1, 2)).reshape(*x.shape[:-1], rank)
-        return noise * rademacher_like(noise)
+        return flipout_noise(x, std * unit)  # one draw per sample group, fresh signs per token
 
 
 @register_method
