@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -101,8 +100,14 @@ def pair_step(backbone: str, method_name: str, args) -> callable:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set size so far (VmHWM), in MiB.
+
+    Not getrusage's ru_maxrss: Linux carries that over from the parent across fork and exec, so a
+    child of a parent holding a model would report the parent's size.
+    """
+    status = Path("/proc/self/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024  # kB
 
 
 def arm_peak_rss(backbone: str, method_name: str, args) -> float:
