@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bayespeft.methods.flipout import FlipoutNoise, flip_signs, flipout_noise, random_sign_bits
+from bayespeft.methods.flipout import FlipoutNoise, flip_signs, flipout_noise, random_sign_bits, sign_mask
 
 GROUPS, ROWS, SEQ, D_IN, D_OUT = 2, 3, 5, 7, 4
 
@@ -62,13 +62,14 @@ def test_sign_flip_is_multiplication_by_the_unpacked_signs_in_every_dtype():
     signs = _signs(bits, tuple(x.shape), torch.float32)
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         expected = x.to(dtype) * signs.to(dtype)
-        assert torch.equal(flip_signs(x.to(dtype), bits), expected), dtype
+        cast = x.to(dtype)
+        assert torch.equal(flip_signs(cast, sign_mask(bits, x.shape, dtype)), expected), dtype
 
 
 def test_packed_signs_are_fair_and_independent():
     torch.manual_seed(4)
     n = 200_000
-    signs = flip_signs(torch.ones(n), random_sign_bits(n, "cpu"))
+    signs = flip_signs(torch.ones(n), sign_mask(random_sign_bits(n, "cpu"), torch.Size([n]), torch.float32))
     assert set(signs.unique().tolist()) == {-1.0, 1.0}
     assert abs(float(signs.mean())) < 4 / n**0.5
     for lag in (1, 31, 32, 33):  # neighbours inside a word and across word boundaries

@@ -45,10 +45,15 @@ def sign_mask(bits: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torc
     return mask
 
 
-def flip_signs(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    """x with the sign of each element flipped where its packed bit is set (x * R, R = +-1), as a new tensor."""
+def flip_signs(x: torch.Tensor, mask: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """x * R with R = -1 where ``mask`` (from :func:`sign_mask`) holds the sign bit, +1 elsewhere.
+
+    ``inplace`` overwrites x (a fresh, contiguous result nobody else holds) instead of allocating.
+    """
     integer = SIGNED_INTS[x.element_size()]
-    mask = sign_mask(bits, x.shape, x.dtype)
+    if inplace:
+        x.view(integer).bitwise_xor_(mask)
+        return x
     return (x.contiguous().view(integer) ^ mask).view(x.dtype)
 
 
@@ -65,22 +70,24 @@ class FlipoutNoise(torch.autograd.Function):
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, in_bits: torch.Tensor, out_bits: torch.Tensor
     ) -> torch.Tensor:
         groups, d_out, d_in = weight.shape
-        flipped = flip_signs(x, in_bits).reshape(groups, -1, d_in)
+        flipped = flip_signs(x, sign_mask(in_bits, x.shape, x.dtype)).reshape(groups, -1, d_in)
         out = torch.bmm(flipped, weight.transpose(1, 2)).reshape(*x.shape[:-1], d_out)
         ctx.save_for_backward(x, weight, in_bits, out_bits)
-        return flip_signs(out, out_bits)
+        return flip_signs(out, sign_mask(out_bits, out.shape, out.dtype), inplace=True)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         x, weight, in_bits, out_bits = ctx.saved_tensors
         groups, d_out, d_in = weight.shape
-        grad = flip_signs(grad, out_bits).reshape(groups, -1, d_out)  # d n / d (x R W^T) = S
+        grad = flip_signs(grad, sign_mask(out_bits, grad.shape, grad.dtype))  # d n / d (x R W^T) = S
+        grad = grad.reshape(groups, -1, d_out)
+        in_mask = sign_mask(in_bits, x.shape, x.dtype)
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:  # under autocast grad may be bf16: multiply in its dtype, as autocast does
             grad_x = torch.bmm(grad, weight.to(grad.dtype)).reshape(x.shape).to(x.dtype)
-            grad_x = flip_signs(grad_x, in_bits)
+            grad_x = flip_signs(grad_x, in_mask, inplace=True)  # a fresh product (or its cast)
         if ctx.needs_input_grad[1]:
-            flipped = flip_signs(x, in_bits).reshape(groups, -1, d_in).to(grad.dtype)
+            flipped = flip_signs(x, in_mask).reshape(groups, -1, d_in).to(grad.dtype)
             grad_weight = torch.bmm(grad.transpose(1, 2), flipped).to(weight.dtype)
         return grad_x, grad_weight, None, None
 
