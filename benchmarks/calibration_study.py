@@ -5,7 +5,8 @@ The grid is ``configs/study/calibration.yaml``; each (backbone, dataset, seed) i
 of the methods (post-hoc ones start from that seed's MLE run, the temperature is fitted on training
 examples MLE never saw). Finished runs are recorded in the committed
 ``benchmarks/results/calibration_study.json`` (key ``runs``: one record per run, with its held-out curve)
-and their predictions in ``calibration_study_predictions.json.gz`` beside it, so the study continues
+and their predictions in ``calibration_study_predictions.json.gz`` beside it (``<stem>_predictions`` of
+``--out``), so the study continues
 across sessions and machines: ``run`` skips every (backbone, dataset, seed) whose methods are all
 recorded, and re-running a killed ``compare`` resumes its unfinished runs.
 
@@ -51,7 +52,6 @@ from bayespeft.metrics.classification import (
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "configs" / "study" / "calibration.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "calibration_study.json"
-PREDICTIONS = "calibration_study_predictions.json.gz"  # beside the results JSON
 METRICS = {"acc": accuracy, "ece": expected_calibration_error, "nll": negative_log_likelihood, "brier": brier_score}
 SCORES = ("acc", "ece", "nll", "brier", "entropy", "mutual_information", "f1", "matthews_corr")
 REFERENCE = "mle"
@@ -158,6 +158,11 @@ def load_results(path: Path) -> dict[str, Any]:
     return {"spec": str(SPEC.relative_to(ROOT)), "runs": []}
 
 
+def predictions_path(results_path: Path) -> Path:
+    """Where a results file's per-example predictions live: beside it, ``<stem>_predictions.json.gz``."""
+    return results_path.with_name(results_path.stem + "_predictions.json.gz")
+
+
 def load_predictions_store(path: Path) -> dict[str, Any]:
     if path.is_file():
         with gzip.open(path, "rt", encoding="utf-8") as handle:
@@ -181,7 +186,7 @@ def record_unit(unit: Unit, work: Path, results_path: Path, device: str) -> list
     recorded = []
     with _lock:
         results = load_results(results_path)
-        store = load_predictions_store(results_path.with_name(PREDICTIONS))
+        store = load_predictions_store(predictions_path(results_path))
         have = {run_key(r["backbone"], r["dataset"], r["method"], r["seed"]) for r in results["runs"]}
         for method in unit.methods:
             key = run_key(unit.backbone, unit.dataset, method, unit.seed)
@@ -194,7 +199,7 @@ def record_unit(unit: Unit, work: Path, results_path: Path, device: str) -> list
             recorded.append(method)
         if recorded:
             results["runs"].sort(key=lambda r: (r["backbone"], r["dataset"], r["method"], r["seed"]))
-            save_predictions_store(results_path.with_name(PREDICTIONS), store)
+            save_predictions_store(predictions_path(results_path), store)
             write_json_atomic(results_path, results)
     return recorded
 
@@ -246,12 +251,11 @@ def device_name() -> str:
 
 def merge(sources: list[Path], out: Path) -> None:
     """Add every run of ``sources`` missing from ``out`` (with its predictions); a recorded run is kept."""
-    results, store = load_results(out), load_predictions_store(out.with_name(PREDICTIONS))
+    results, store = load_results(out), load_predictions_store(predictions_path(out))
     have = {run_key(r["backbone"], r["dataset"], r["method"], r["seed"]) for r in results["runs"]}
     for source in sources:
         added = 0
-        theirs = load_predictions_store(source.with_name(source.stem + "_predictions.json.gz"))
-        theirs = theirs or load_predictions_store(source.with_name(PREDICTIONS))
+        theirs = load_predictions_store(predictions_path(source))
         for run in load_results(source)["runs"]:
             key = run_key(run["backbone"], run["dataset"], run["method"], run["seed"])
             if key not in have and key in theirs:
@@ -261,7 +265,7 @@ def merge(sources: list[Path], out: Path) -> None:
                 added += 1
         print(f"{source}: {added} runs added")
     results["runs"].sort(key=lambda r: (r["backbone"], r["dataset"], r["method"], r["seed"]))
-    save_predictions_store(out.with_name(PREDICTIONS), store)
+    save_predictions_store(predictions_path(out), store)
     write_json_atomic(out, results)
 
 
@@ -318,21 +322,26 @@ def paired_bootstrap(
         ours = store.get(run_key(backbone, dataset, method, seed))
         ref = store.get(run_key(backbone, dataset, REFERENCE, seed))
         if ours and ref and ours["ids"] == ref["ids"]:
-            labels = torch.tensor(ref["labels"])
-            pairs.append((_probs(ours["probs"]), _probs(ref["probs"]), labels))
-    if not pairs:
-        return {}
+            pairs.append((stored_probs(ours["probs"]), stored_probs(ref["probs"]), torch.tensor(ref["labels"])))
+    return paired_interval(pairs, resamples) if pairs else {}
+
+
+def paired_interval(
+    pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], resamples: int
+) -> dict[str, list[float]]:
+    """[point, low, high] of the mean over ``pairs`` (probs a, probs b, labels) of metric(a) - metric(b): a
+    95 % paired bootstrap, each resample drawing the same examples for a and b within a pair."""
     generator = random.Random(0)
     point = {k: fmean(f(a, y) - f(b, y) for a, b, y in pairs) for k, f in METRICS.items()}
     draws: dict[str, list[float]] = {k: [] for k in METRICS}
     for _ in range(resamples):
-        per_seed = {k: [] for k in METRICS}
+        per_pair = {k: [] for k in METRICS}
         for a, b, y in pairs:
             index = torch.tensor([generator.randrange(len(y)) for _ in range(len(y))])
             for k, f in METRICS.items():
-                per_seed[k].append(f(a[index], y[index]) - f(b[index], y[index]))
+                per_pair[k].append(f(a[index], y[index]) - f(b[index], y[index]))
         for k in METRICS:
-            draws[k].append(fmean(per_seed[k]))
+            draws[k].append(fmean(per_pair[k]))
     out = {}
     for k, values in draws.items():
         values.sort()
@@ -340,7 +349,7 @@ def paired_bootstrap(
     return out
 
 
-def _probs(rows: list[list[float]]) -> torch.Tensor:
+def stored_probs(rows: list[list[float]]) -> torch.Tensor:
     """Stored probabilities as a tensor (ragged rows zero-padded). Records made before they kept 6 significant
     digits were rounded to 6 decimals, so a probability below 5e-7 reads 0; it is floored at 5e-7 (half that
     unit), not at the NLL's 1e-12 clamp, which would charge 27.6 nats to each such example."""
@@ -360,7 +369,7 @@ def report(args: argparse.Namespace) -> None:
     lines: list[str] = []
     emit = lines.append
     results = load_results(Path(args.out))
-    store = load_predictions_store(Path(args.out).with_name(PREDICTIONS))
+    store = load_predictions_store(predictions_path(Path(args.out)))
     groups = grouped(results["runs"])
     spec = load_spec(args.spec)
     summary: dict[str, Any] = {}
@@ -427,7 +436,7 @@ def splice(path: Path, text: str) -> None:
 
 def matthews(predictions: dict[str, Any]) -> float:
     """Matthews correlation of a run's predicted classes (0 = no better than a constant or random guess)."""
-    probs = _probs(predictions["probs"])
+    probs = stored_probs(predictions["probs"])
     labels = torch.tensor(predictions["labels"])
     return float(matthews_corrcoef(probs.argmax(-1), labels, task="multiclass", num_classes=probs.shape[1]))
 
@@ -493,7 +502,7 @@ def plot_reliability(store: dict, runs: list[dict], backbone: str, datasets: lis
             keys = [k for k in store if k.startswith(f"{backbone}/{dataset}/{method}/")]
             ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="gray")
             if keys:  # the same dataset: every seed's predictions have the same width
-                probs = torch.cat([_probs(store[k]["probs"]) for k in keys])
+                probs = torch.cat([stored_probs(store[k]["probs"]) for k in keys])
                 labels = torch.cat([torch.tensor(store[k]["labels"]) for k in keys])
                 bins = reliability_bins(probs, labels, 10)
                 shown = bins.count > 0
@@ -567,6 +576,10 @@ def parse_args() -> argparse.Namespace:
     run.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each process")
     run.add_argument("--dry-run", action="store_true", help="validate every unit with `compare --dry-run`")
     run.add_argument("--methods", help="comma-separated: run only these of each unit's methods (and their MLE source)")
+    run.add_argument("--seeds", help="comma-separated: run only these of the spec's seeds")
+    run.add_argument(
+        "--extra", nargs="+", default=[], metavar="KEY=VALUE", help="overrides added to every unit (after the spec's)"
+    )
     merge_parser = sub.add_parser("merge", help="add the runs of other results files (e.g. from a GPU machine)")
     merge_parser.add_argument("sources", nargs="+", type=Path, help="results JSON files, predictions beside each")
     merge_parser.add_argument("--out", default=str(RESULTS))
@@ -601,6 +614,14 @@ def main() -> None:
             for u in units
             if (kept := tuple(m for m in u.methods if m in chosen))
         ]
+    if getattr(args, "seeds", None):
+        try:
+            chosen_seeds = {int(seed) for seed in args.seeds.split(",")}
+        except ValueError:
+            raise SystemExit(f"--seeds: expected comma-separated integers (got {args.seeds!r})") from None
+        units = [u for u in units if u.seed in chosen_seeds]
+    if getattr(args, "extra", None):
+        units = [dataclasses.replace(u, overrides=(*u.overrides, *args.extra)) for u in units]
     if args.command == "collect":
         device = device_name()
         for unit in units:

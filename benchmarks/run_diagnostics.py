@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from bayespeft.evaluation import predict
 from bayespeft.experiments.report import load_predictions
 from bayespeft.methods import build_method
 from bayespeft.methods.base import ADAPTER_WEIGHTS, read_method_file
 from bayespeft.methods.blob import posterior_std
 from bayespeft.rundir import RunDir
+from bayespeft.runs import load_trained_run, trained_session
+from bayespeft.training import load_examples
 
 FACTORS = {"A": "lora_A", "B": "lora_B"}
 
@@ -32,6 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("runs", type=Path, nargs="+", help="finished run directories")
     parser.add_argument("--window", type=int, default=25, help="training steps per NLL average")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--signal-noise", type=int, default=0, metavar="K", help="held-out examples to measure on")
     return parser.parse_args()
 
 
@@ -64,6 +69,57 @@ def training_stats(run: RunDir, window: int) -> dict[str, object]:
     return stats
 
 
+def signal_noise_stats(run: RunDir, examples: int) -> dict[str, dict[str, float]]:
+    """Per kind of adapted layer: noise / signal of the sampled LoRA output and the std's selectivity."""
+    run, config = load_trained_run(run.root, ["eval.n_samples=0", "model.precision=fp32"])
+    session = trained_session(run, config)
+    parameterization = getattr(session.method.config, "parameterization", None)
+    if parameterization is None:
+        return {}
+    sums: dict[str, list[float]] = {}
+
+    def hook(kind: str) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
+        return lambda module, inputs: measure(module, inputs, kind)
+
+    def measure(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], kind: str) -> None:
+        adapter = module.active_adapters[0]
+        x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
+        mean = module.lora_A[adapter].weight.detach().float()
+        variance = posterior_std(module.lora_A_rho[adapter].detach().float(), parameterization).square()
+        b = module.lora_B[adapter].weight.detach().float()
+        scale = float(module.scaling[adapter]) ** 2
+        gram, column_energy = b.T @ b, b.square().sum(0)  # [r, r] and sum_o B_oj^2 [r]
+        hidden = x @ mean.T
+        signal = scale * ((hidden @ gram) * hidden).sum()
+        noise = scale * ((x.square() @ variance.T) @ column_energy).sum()
+        uniform = scale * (x.square().sum(-1, keepdim=True) * variance.mean(-1) @ column_energy).sum()
+        totals = sums.setdefault(kind, [0.0, 0.0, 0.0])
+        for i, value in enumerate((signal, noise, uniform)):
+            totals[i] += float(value)
+
+    handles = [
+        module.register_forward_pre_hook(hook(name.rsplit(".", 1)[-1]))
+        for name, module in session.model.named_modules()
+        if hasattr(module, "lora_A_rho")
+    ]
+    loaded = load_examples(config, config.data.eval_split, examples)
+    predict(
+        session.model,
+        session.method,
+        session.task,
+        session.task.encode(loaded),
+        config.eval,
+        session.accelerator,
+        progress=False,
+    )
+    for handle in handles:
+        handle.remove()
+    return {
+        kind: {"noise_over_signal": (noise / signal) ** 0.5, "selectivity": (noise / uniform) ** 0.5}
+        for kind, (signal, noise, uniform) in sums.items()
+    }
+
+
 def prediction_stats(run: RunDir) -> dict[str, float]:
     records = load_predictions(run.root / "predictions.jsonl")
     return {
@@ -76,6 +132,8 @@ def main() -> None:
     args = parse_args()
     if args.window < 1:
         raise SystemExit(f"--window: must be >= 1 (got {args.window})")
+    if args.signal_noise < 0:
+        raise SystemExit(f"--signal-noise: must be >= 0 (got {args.signal_noise})")
     rows = {}
     for path in args.runs:
         run = RunDir(path)
@@ -84,11 +142,18 @@ def main() -> None:
         rows[f"{path.parent.name}/{path.name}"] = (
             adapter_stats(run) | training_stats(run, args.window) | prediction_stats(run)
         )
+        if args.signal_noise:
+            rows[f"{path.parent.name}/{path.name}"]["signal_noise"] = signal_noise_stats(run, args.signal_noise)
 
     for name, row in rows.items():
         cells = []
         for key, value in row.items():
-            shown = " / ".join(f"{v:.3f}" for v in value) if isinstance(value, list) else f"{value:.4g}"
+            if isinstance(value, dict):
+                shown = "; ".join(f"{k}: " + " ".join(f"{n}={v:.3g}" for n, v in vs.items()) for k, vs in value.items())
+            elif isinstance(value, list):
+                shown = " / ".join(f"{v:.3f}" for v in value)
+            else:
+                shown = f"{value:.4g}"
             cells.append(f"{key}={shown}")
         print(f"{name}: " + "  ".join(cells))
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": rows}

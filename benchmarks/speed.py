@@ -40,25 +40,26 @@ from bayespeft.tasks.sequence_classification import SequenceClassificationTask
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def setup(method_name: str, precision: str, args, model_name: str | None = None):
-    model_cfg = ModelConfig(name=model_name or args.model, precision=precision)
+def setup(method_name: str, precision: str, args, device: str = "cpu"):
+    """The backbone with the method's adapter on ``device``, the task, and 64 encoded ARC-Easy questions."""
+    model_cfg = ModelConfig(name=args.model, precision=precision)
     model, tokenizer, _ = load_backbone(model_cfg)
     method = build_method(method_name)
-    model = method.inject(model, model_cfg.lora, lora_targets(model, model_cfg), "CAUSAL_LM")
+    model = method.inject(model, model_cfg.lora, lora_targets(model, model_cfg), "CAUSAL_LM").to(device)
     task = MultipleChoiceTask(tokenizer, max_length=300)
     examples = load_mc_dataset("arc_easy", "train", args.data_dir, limit=64)
     encoded = task.encode(examples)
     return model, method, task, encoded
 
 
-def make_train_step(method_name: str, precision: str, args, model_name: str | None = None):
-    """One optimisation step (forward, backward, optimiser) on a fixed batch of 4, as a closure."""
-    model, method, task, encoded = setup(method_name, precision, args, model_name)
-    batch = task.collate(encoded[:4])
+def make_train_step(method_name: str, precision: str, args, device: str = "cpu"):
+    """One optimisation step (forward, backward, optimiser) on a fixed batch of 4 on ``device``, as a closure."""
+    model, method, task, encoded = setup(method_name, precision, args, device)
+    batch = {key: value.to(device) for key, value in task.collate(encoded[:4]).items()}
     model.train()
     context = TrainingContext(num_examples=2248, batch_size=4, batches_per_epoch=562, total_steps=1000)
     optimization = method.build_optimization(model, TrainConfig(), context)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
 
     def step() -> None:
         with method.sampling(True), autocast:
@@ -96,7 +97,7 @@ def pair_step(backbone: str, method_name: str, args) -> callable:
     """The training-step closure of one arm (blob or mle) of the BLoB-vs-MLE pair on ``backbone``."""
     if backbone == "minilm":
         return make_classifier_step(method_name, args)
-    return make_train_step(method_name, "fp32", args, model_name="smollm2-135m")
+    return make_train_step(method_name, "fp32", args)  # --model, SmolLM2 by default
 
 
 def peak_rss_mib() -> float:

@@ -2,49 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
-from safetensors.torch import load_file
+from training_helpers import adapter_tensors, log_records, tiny_config
 
-from bayespeft.config import RunConfig, load_config
+from bayespeft.config import load_config
 from bayespeft.errors import ConfigError
 from bayespeft.methods.kl_schedule import KLSchedule, kl_weight
 from bayespeft.training import Trainer
-
-
-def tiny_config(model_dir: Path, data_dir: Path, method: str, steps: int, **extra: str) -> RunConfig:
-    """24 ARC-Easy questions on the tiny Llama, batches of 2 unless ``extra`` says otherwise."""
-    overrides = [
-        f"model.name={model_dir}",
-        f"method.name={method}",
-        "data.dataset=arc_easy",
-        f"data.data_dir={data_dir}",
-        "data.max_train_examples=24",
-        "data.max_eval_examples=8",
-        "data.max_length=96",
-        f"train.max_steps={steps}",
-        "train.batch_size=2",
-        "train.lr=0.01",
-        "train.checkpoint_every=2",
-        "eval.n_samples=3",
-        "eval.batch_size=4",
-        *(["method.kl_period=epoch"] if method == "blob" else []),
-        *(f"{k}={v}" for k, v in extra.items()),
-    ]
-    return load_config(None, overrides)
-
-
-def adapter_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
-
-
-def log_records(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "train_log.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "step_time_s"} for line in lines]
-
 
 # a large Adam epsilon makes the update proportional to the gradient, so a wrongly scaled one shows
 SGD_LIKE = {"train.shuffle": "false", "train.adam_eps": "10", "train.lr": "1", "train.warmup_ratio": "0"}

@@ -54,12 +54,15 @@ def test_two_processes_give_the_metrics_of_one(tmp_path, tiny_llama_dir, shared_
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     for name, launcher in (("one", [sys.executable]), ("two", [torchrun, "--nproc_per_node", "2"])):
-        subprocess.run(
+        done = subprocess.run(
             [*launcher, "-m", "bayespeft.cli", "evaluate", "--run-dir", str(run), "--quiet", "--name", name],
             check=True,
             env=env,
             capture_output=True,
+            text=True,
         )
+        score_lines = [line for line in done.stdout.splitlines() if line.startswith("blob on arc_easy")]
+        assert len(score_lines) == 1, done.stdout  # the main process prints; the other rank stays quiet
     one, two = (json.loads((run / "eval" / n / "metrics.json").read_text())["metrics"] for n in ("one", "two"))
     assert one["num_examples"] == two["num_examples"] == 11  # 6 batches over 2 processes: none lost or doubled
     # the same batches and per-batch seeds: equal up to float32 rounding of differently threaded kernels

@@ -12,17 +12,7 @@ import pytest
 import bayespeft
 
 PACKAGE = Path(bayespeft.__file__).parent
-#: Underscore names still borrowed below the command layer, in modules being reworked elsewhere (methods, metrics,
-#: data, sample store); nothing may be added to this list.
-KNOWN_BORROWED = {
-    ("bayespeft.data.classification", "_split_boolq"),
-    ("bayespeft.generation", "_require"),
-    ("bayespeft.sample_store", "_json_default"),
-    ("bayespeft.sample_store", "_replace_with"),
-    ("bayespeft.sample_store", "_temp_path"),
-}
-#: Layers whose underscore imports are left to their owners' rework (see KNOWN_BORROWED).
-OWNED_ELSEWHERE = ("bayespeft.methods", "bayespeft.metrics")
+ROOT = Path(__file__).resolve().parents[1]
 #: Heavy third-party packages the import check loads once before forking a fresh child per module.
 PRELOADED = ("torch", "transformers", "peft", "accelerate", "datasets", "matplotlib.pyplot", "optuna")
 
@@ -94,12 +84,24 @@ def test_no_module_borrows_another_modules_underscore_names():
     borrowed = {
         (module, name)
         for module in MODULES
-        if not module.startswith(OWNED_ELSEWHERE)
         for target, names in imports_of(module)
         for name in names
         if name.startswith("_") and not name.startswith("__") and target != module
     }
-    assert borrowed <= KNOWN_BORROWED, sorted(borrowed - KNOWN_BORROWED)
+    assert not borrowed, sorted(borrowed)
+
+
+def test_scripts_use_only_public_names():
+    """Benchmarks and examples import no underscore name of the package either."""
+    borrowed = [
+        f"{path}: {node.module}.{alias.name}"
+        for path in sorted([*ROOT.glob("benchmarks/**/*.py"), *ROOT.glob("examples/**/*.py")])
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "bayespeft"
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+    assert not borrowed, borrowed
 
 
 IMPORT_EACH = """

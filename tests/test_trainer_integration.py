@@ -47,3 +47,57 @@ def test_every_trainable_method_runs_under_the_trainer(tmp_path, tiny_bert_dir, 
     )
     assert trainer.step_owner.rule.step_count == 2
     assert (tmp_path / "adapter" / "bayespeft_method.json").is_file()
+
+
+def test_resuming_from_a_trainer_checkpoint_continues_the_same_run(tmp_path, tiny_bert_dir):
+    """A BLoB run stopped after a checkpoint and resumed ends where the uninterrupted run ends: the
+    variances, both optimisers, the KL schedule's step count and the RNG all come back."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback, TrainingArguments
+
+    import bayespeft
+
+    module = example()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+
+    class StopAfterTwo(TrainerCallback):  # a crash after the checkpoint of step 2
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 2
+
+    def trainer(output_dir: Path, callbacks: list | None = None) -> bayespeft.BayesianTrainer:
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
+        args = TrainingArguments(
+            output_dir=str(output_dir),
+            max_steps=4,
+            per_device_train_batch_size=4,
+            learning_rate=1e-2,
+            save_strategy="steps",
+            save_steps=2,
+            report_to=[],
+            use_cpu=True,
+            seed=0,
+        )
+        wrapped = bayespeft.wrap(model, "blob", r=4, alpha=8)
+        return bayespeft.BayesianTrainer(
+            model=wrapped,
+            args=args,
+            train_dataset=module.dataset(tokenizer, 4),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+
+    straight = trainer(tmp_path / "straight")
+    straight.train()
+    crashed = trainer(tmp_path / "resumed", [StopAfterTwo()])
+    crashed.train()
+    assert crashed.step_owner.rule.step_count == 2
+    resumed = trainer(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2"))
+
+    assert resumed.step_owner.rule.step_count == straight.step_owner.rule.step_count == 4
+    expected = straight.bayesian.peft_model.state_dict()
+    got = resumed.bayesian.peft_model.state_dict()
+    trained = [name for name in expected if "lora_" in name]
+    assert any("lora_A_rho" in name for name in trained)
+    for name in trained:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-7, msg=name)

@@ -15,42 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_helpers import adapter_tensors, log_records, tiny_config
 
 from bayespeft.cli import main
 from bayespeft.config import load_config
 from bayespeft.errors import RunDirError
 from bayespeft.training import Trainer, batch_loss, epoch_order, load_examples, unseen_training_examples
-
-
-def tiny_config(model_dir: Path, data_dir: Path, method: str = "blob", steps: int = 6, **extra: str):
-    overrides = [
-        f"model.name={model_dir}",
-        f"method.name={method}",
-        "data.dataset=arc_easy",
-        f"data.data_dir={data_dir}",
-        "data.max_train_examples=24",
-        "data.max_eval_examples=8",
-        "data.max_length=96",
-        f"train.max_steps={steps}",
-        "train.batch_size=2",
-        "train.lr=0.01",
-        "train.checkpoint_every=2",
-        "eval.n_samples=3",
-        "eval.batch_size=4",
-        *(f"{k}={v}" for k, v in extra.items()),
-    ]
-    if method.startswith("blob"):
-        overrides += ["method.kl_period=epoch"]
-    return load_config(None, overrides)
-
-
-def adapter_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
-
-
-def log_records(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "train_log.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "step_time_s"} for line in lines]
 
 
 def test_epoch_order_is_a_seeded_permutation():

@@ -15,7 +15,8 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,10 @@ from bayespeft.errors import BayesPeftError, RunDirError
 
 __all__ = [
     "TrainingCheckpoint",
+    "atomic_file",
     "capture_rng_state",
     "find_latest_checkpoint",
+    "json_default",
     "list_checkpoints",
     "load_tensors",
     "load_training_checkpoint",
@@ -73,23 +76,29 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _temp_path(path: Path) -> Path:
-    """Create an empty hidden temp file next to ``path`` (same filesystem, so rename is atomic)."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temp file beside ``path`` to write; a clean exit renames it over ``path``, and it is removed in any case.
+
+    So a crash (or an exception in the block) leaves ``path`` as it was, and a finished write leaves it whole. The
+    temp file is hidden and on the same filesystem (so the rename is atomic); it is fsynced before the rename and the
+    directory entry after it.
+    """
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    return Path(name)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _replace_with(tmp: Path, path: Path) -> None:
-    """fsync ``tmp``, rename it over ``path`` and flush the directory entry."""
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _json_default(obj: Any) -> Any:
-    """Convert the few non-JSON types callers commonly pass (paths, numpy scalars)."""
+def json_default(obj: Any) -> Any:
+    """``json.dumps``'s ``default``: the few non-JSON types callers commonly pass (paths, numpy scalars)."""
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     if isinstance(obj, np.generic):
@@ -105,29 +114,21 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     exactly (other JSON parsers may not). Serialisation happens before any file is
     touched, so a ``TypeError`` for an unencodable object leaves ``path`` unchanged.
     """
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=True, default=_json_default) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=True, default=json_default) + "\n")
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically: a crash leaves the old file or the new one, whole."""
     path = Path(path)
-    tmp = _temp_path(path)
-    try:
+    with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        _replace_with(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (a rendered figure, say): the old file or the new one, whole."""
     path = Path(path)
-    tmp = _temp_path(path)
-    try:
+    with atomic_file(path) as tmp:
         tmp.write_bytes(data)
-        _replace_with(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
@@ -165,12 +166,8 @@ def save_tensors_atomic(
             t = t.clone()
         seen_storages.add(t.untyped_storage().data_ptr())
         prepared[key] = t
-    tmp = _temp_path(path)
-    try:
+    with atomic_file(path) as tmp:
         save_file(prepared, str(tmp), metadata=metadata)
-        _replace_with(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

@@ -72,11 +72,11 @@ class LoraSettings:
     target_modules: list[str] | None = None  # None: the backbone's default targets
 
     def validate(self) -> None:
-        _require(self.r >= 1, "model.lora.r", f"must be >= 1 (got {self.r})")
-        _require(self.alpha > 0, "model.lora.alpha", f"must be > 0 (got {self.alpha})")
-        _require(0.0 <= self.dropout < 1.0, "model.lora.dropout", f"must be in [0, 1) (got {self.dropout})")
+        require(self.r >= 1, "model.lora.r", f"must be >= 1 (got {self.r})")
+        require(self.alpha > 0, "model.lora.alpha", f"must be > 0 (got {self.alpha})")
+        require(0.0 <= self.dropout < 1.0, "model.lora.dropout", f"must be in [0, 1) (got {self.dropout})")
         if self.target_modules is not None:
-            _require(len(self.target_modules) > 0, "model.lora.target_modules", "must not be empty")
+            require(len(self.target_modules) > 0, "model.lora.target_modules", "must not be empty")
 
 
 @dataclass
@@ -91,7 +91,7 @@ class ModelConfig:
     revision: str | None = None
 
     def validate(self) -> None:
-        _require(bool(self.name), "model.name", "must not be empty")
+        require(bool(self.name), "model.name", "must not be empty")
         if self.kind is not None:
             self.kind = ModelKind.parse(self.kind, "model.kind").value
         self.precision = Precision.parse(self.precision, "model.precision").value
@@ -113,11 +113,11 @@ class DataConfig:
     cloze_prefix_cache: bool = True  # cloze: run each question's stem once, its choices from the cache
 
     def validate(self) -> None:
-        _require(self.max_length >= 8, "data.max_length", f"must be >= 8 (got {self.max_length})")
+        require(self.max_length >= 8, "data.max_length", f"must be >= 8 (got {self.max_length})")
         self.mc_scoring = MCScoring.parse(self.mc_scoring, "data.mc_scoring").value
         for name in ("max_train_examples", "max_eval_examples"):
             value = getattr(self, name)
-            _require(value is None or value >= 1, f"data.{name}", f"must be >= 1 or null (got {value})")
+            require(value is None or value >= 1, f"data.{name}", f"must be >= 1 or null (got {value})")
 
 
 @dataclass
@@ -145,58 +145,56 @@ class TrainConfig:
     early_stopping_patience: int = 0  # stop after this many evaluations without a lower held-out NLL (0 = off)
 
     def validate(self) -> None:
-        _require(0 < self.lr <= FLOAT32_MAX, "train.lr", f"must be > 0 and fit a float32 (got {self.lr})")
-        _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1 (got {self.batch_size})")
-        _require(self.max_steps >= 0, "train.max_steps", f"must be >= 0 (got {self.max_steps})")
-        _require(self.epochs is None or self.epochs >= 1, "train.epochs", f"must be >= 1 or null (got {self.epochs})")
-        _require(
+        require(0 < self.lr <= FLOAT32_MAX, "train.lr", f"must be > 0 and fit a float32 (got {self.lr})")
+        require(self.batch_size >= 1, "train.batch_size", f"must be >= 1 (got {self.batch_size})")
+        require(self.max_steps >= 0, "train.max_steps", f"must be >= 0 (got {self.max_steps})")
+        require(self.epochs is None or self.epochs >= 1, "train.epochs", f"must be >= 1 or null (got {self.epochs})")
+        require(
             self.gradient_accumulation_steps >= 1,
             "train.gradient_accumulation_steps",
             f"must be >= 1 (got {self.gradient_accumulation_steps})",
         )
         check_seed(self.seed, "train.seed")
-        _require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1) (got {self.warmup_ratio})")
-        _require(self.adam_eps > 0, "train.adam_eps", f"must be > 0 (got {self.adam_eps})")
-        _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0 (got {self.weight_decay})")
-        _require(
+        require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1) (got {self.warmup_ratio})")
+        require(self.adam_eps > 0, "train.adam_eps", f"must be > 0 (got {self.adam_eps})")
+        require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0 (got {self.weight_decay})")
+        require(
             self.max_grad_norm is None or self.max_grad_norm > 0,
             "train.max_grad_norm",
             f"must be > 0 or null (got {self.max_grad_norm})",
         )
-        _require(
+        require(
             self.checkpoint_every >= 1,
             "train.checkpoint_every",
             f"must be >= 1 (got {self.checkpoint_every})",
         )
-        _require(
+        require(
             self.keep_checkpoints >= 1,
             "train.keep_checkpoints",
             f"must be >= 1 (got {self.keep_checkpoints})",
         )
         self.report_to = [name.strip().lower() for name in self.report_to]
         for name in self.report_to:
-            _require(
-                name in TRACKERS, "train.report_to", f"has unknown tracker {name!r} (choose from {list(TRACKERS)})"
-            )
-        _require(
+            require(name in TRACKERS, "train.report_to", f"has unknown tracker {name!r} (choose from {list(TRACKERS)})")
+        require(
             len(set(self.report_to)) == len(self.report_to),
             "train.report_to",
             f"lists a tracker twice (got {self.report_to})",
         )
-        _require(bool(self.tracking_project.strip()), "train.tracking_project", "must not be empty")
-        _require(self.eval_every >= 0, "train.eval_every", f"must be >= 0 (got {self.eval_every}); 0 = off")
-        _require(self.eval_n_samples >= 0, "train.eval_n_samples", f"must be >= 0 (got {self.eval_n_samples})")
-        _require(
+        require(bool(self.tracking_project.strip()), "train.tracking_project", "must not be empty")
+        require(self.eval_every >= 0, "train.eval_every", f"must be >= 0 (got {self.eval_every}); 0 = off")
+        require(self.eval_n_samples >= 0, "train.eval_n_samples", f"must be >= 0 (got {self.eval_n_samples})")
+        require(
             self.eval_max_examples is None or self.eval_max_examples >= 1,
             "train.eval_max_examples",
             f"must be >= 1 or null (got {self.eval_max_examples})",
         )
-        _require(
+        require(
             self.early_stopping_patience >= 0,
             "train.early_stopping_patience",
             f"must be >= 0 (got {self.early_stopping_patience}); 0 = off",
         )
-        _require(
+        require(
             self.early_stopping_patience == 0 or self.eval_every > 0,
             "train.early_stopping_patience",
             "needs train.eval_every > 0 (early stopping watches the held-out NLL of those evaluations)",
@@ -215,12 +213,12 @@ class EvalConfig:
     temperature: float | None = None  # post-hoc temperature (see `bayespeft calibrate`); None: off
 
     def validate(self) -> None:
-        _require(self.n_samples >= 0, "eval.n_samples", f"must be >= 0 (got {self.n_samples}); 0 = posterior mean")
-        _require(self.batch_size >= 1, "eval.batch_size", f"must be >= 1 (got {self.batch_size})")
-        _require(self.samples_per_pass >= 1, "eval.samples_per_pass", f"must be >= 1 (got {self.samples_per_pass})")
-        _require(self.n_bins >= 1, "eval.n_bins", f"must be >= 1 (got {self.n_bins})")
+        require(self.n_samples >= 0, "eval.n_samples", f"must be >= 0 (got {self.n_samples}); 0 = posterior mean")
+        require(self.batch_size >= 1, "eval.batch_size", f"must be >= 1 (got {self.batch_size})")
+        require(self.samples_per_pass >= 1, "eval.samples_per_pass", f"must be >= 1 (got {self.samples_per_pass})")
+        require(self.n_bins >= 1, "eval.n_bins", f"must be >= 1 (got {self.n_bins})")
         check_seed(self.seed, "eval.seed")
-        _require(
+        require(
             self.temperature is None or self.temperature > 0,
             "eval.temperature",
             f"must be > 0 or null (got {self.temperature})",
@@ -279,7 +277,7 @@ def load_config(
 
 def check_seed(seed: int, name: str) -> None:
     """A seed must be in [0, 2**32) (what numpy and torch accept); ``name`` is the field or flag."""
-    _require(0 <= seed < SEED_LIMIT, name, f"must be in [0, 2**32) (got {seed})")
+    require(0 <= seed < SEED_LIMIT, name, f"must be in [0, 2**32) (got {seed})")
 
 
 def save_config(config: RunConfig, path: Path) -> None:
@@ -300,7 +298,8 @@ def flatten_dict(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _require(ok: bool, name: str, message: str) -> None:
+def require(ok: bool, name: str, message: str) -> None:
+    """Raise ``ConfigError("<name> <message>")`` unless ``ok``: the one way a config field reports a bad value."""
     if not ok:
         raise ConfigError(f"{name} {message}")
 

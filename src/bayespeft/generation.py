@@ -41,7 +41,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from .config import _require, check_seed
+from .config import check_seed, require
 from .enums import DecodingStrategy
 from .errors import ConfigError, DataError
 from .methods import Method
@@ -68,35 +68,35 @@ class GenerationConfig:
         self.strategy = DecodingStrategy.parse(self.strategy, "generation.strategy").value
         for name in ("max_new_tokens", "n_samples", "num_beams", "prompts_per_batch"):
             value = getattr(self, name)
-            _require(_is_int(value) and value >= 1, f"generation.{name}", f"must be an integer >= 1 (got {value!r})")
-        _require(
+            require(_is_int(value) and value >= 1, f"generation.{name}", f"must be an integer >= 1 (got {value!r})")
+        require(
             self.strategy != DecodingStrategy.BEAM or self.num_beams >= 2,
             "generation.num_beams",
             f"must be >= 2 for beam search (got {self.num_beams})",
         )
-        _require(
+        require(
             _is_number(self.temperature) and self.temperature > 0,
             "generation.temperature",
             f"must be > 0 (got {self.temperature!r})",
         )
-        _require(
+        require(
             _is_int(self.top_k) and self.top_k >= 0, "generation.top_k", f"must be an integer >= 0 (got {self.top_k!r})"
         )
-        _require(
+        require(
             _is_number(self.top_p) and 0 < self.top_p <= 1,
             "generation.top_p",
             f"must be in (0, 1] (got {self.top_p!r})",
         )
-        _require(_is_int(self.seed), "generation.seed", f"must be an integer (got {self.seed!r})")
+        require(_is_int(self.seed), "generation.seed", f"must be an integer (got {self.seed!r})")
         check_seed(self.seed, "generation.seed")
-        _require(
+        require(
             self.decoding_seed is None or _is_int(self.decoding_seed),
             "generation.decoding_seed",
             f"must be an integer or null (got {self.decoding_seed!r})",
         )
         if self.decoding_seed is not None:
             check_seed(self.decoding_seed, "generation.decoding_seed")
-        _require(
+        require(
             isinstance(self.posterior_mean, bool),
             "generation.posterior_mean",
             f"must be true or false (got {self.posterior_mean!r})",

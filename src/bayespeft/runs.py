@@ -34,7 +34,7 @@ __all__ = [
 
 def load_trained_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> tuple[RunDir, RunConfig]:
     """A finished run and its saved config with ``overrides`` applied."""
-    run = RunDir(run_dir)
+    run = RunDir(Path(run_dir))
     run.require_trained()
     return run, load_config(run.config, list(overrides))
 

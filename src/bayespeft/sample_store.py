@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 
 from tqdm.auto import tqdm
 
-from .checkpoint import _json_default, _replace_with, _temp_path
+from .checkpoint import atomic_file, json_default
 from .errors import BayesPeftError, ConfigError, DataError
 from .methods.base import ADAPTER_WEIGHTS
 
@@ -268,7 +268,7 @@ def _normalised(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_json_default)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False, default=json_default)
 
 
 def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -404,12 +404,8 @@ def _initialise(path: Path, fingerprint: Mapping[str, Any], shard: Shard) -> Non
 def _create(path: Path, fingerprint: Mapping[str, Any], shard: Shard) -> None:
     """Make a new empty store at ``path`` atomically, so a store under its name always has its meta."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
+    with atomic_file(path) as tmp:
         _initialise(tmp, fingerprint, shard)
-        _replace_with(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class SampleStore:
@@ -605,16 +601,11 @@ class SampleStore:
     def export_jsonl(self, path: str | os.PathLike[str]) -> int:
         """Write one JSON object per sample to ``path`` atomically; returns the number of rows."""
         path = Path(path)
-        tmp = _temp_path(path)
         written = 0
-        try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                for record in self.records():
-                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    written += 1
-            _replace_with(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            for record in self.records():
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                written += 1
         return written
 
     def export_parquet(self, path: str | os.PathLike[str], rows_per_group: int = 4096) -> int:
@@ -641,22 +632,17 @@ class SampleStore:
             ]
         )
         path = Path(path)
-        tmp = _temp_path(path)
         written = 0
-        try:
-            with pq.ParquetWriter(tmp, schema) as writer:
-                group: list[dict[str, Any]] = []
-                for record in self.records():
-                    group.append(record)
-                    if len(group) == rows_per_group:
-                        writer.write_table(pa.Table.from_pylist(group, schema=schema))
-                        written, group = written + len(group), []
-                if group:
+        with atomic_file(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            group: list[dict[str, Any]] = []
+            for record in self.records():
+                group.append(record)
+                if len(group) == rows_per_group:
                     writer.write_table(pa.Table.from_pylist(group, schema=schema))
-                    written += len(group)
-            _replace_with(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+                    written, group = written + len(group), []
+            if group:
+                writer.write_table(pa.Table.from_pylist(group, schema=schema))
+                written += len(group)
         return written
 
 
@@ -689,8 +675,7 @@ def merge(shard_paths: Iterable[str | os.PathLike[str]], out_path: str | os.Path
     key_match = " AND ".join(f"s.{column} = m.{column}" for column in _KEY_COLUMNS)
     same_content = " AND ".join(f"s.{column} IS m.{column}" for column in _CONTENT_COLUMNS)
     columns = ", ".join(_COLUMNS)
-    tmp = _temp_path(out_path)
-    try:
+    with atomic_file(out_path) as tmp:
         _initialise(tmp, fingerprints[0], Shard())
         connection = _connect(tmp)
         try:
@@ -713,9 +698,6 @@ def merge(shard_paths: Iterable[str | os.PathLike[str]], out_path: str | os.Path
             merged = connection.execute("SELECT count(*) FROM samples").fetchone()[0]
         finally:
             connection.close()
-        _replace_with(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return merged
 
 
@@ -788,8 +770,7 @@ def salvage(path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> S
             raise CorruptStoreError(
                 f"{path}: cannot read the store's configuration (meta table); nothing to salvage"
             ) from None
-        tmp = _temp_path(out_path)
-        try:
+        with atomic_file(out_path) as tmp:
             _initialise(tmp, fingerprint, shard)
             target = _connect(tmp)
             recovered = lost = 0
@@ -808,9 +789,6 @@ def salvage(path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> S
                 target.execute("COMMIT")
             finally:
                 target.close()
-            _replace_with(tmp, out_path)
-        finally:
-            tmp.unlink(missing_ok=True)
     finally:
         source.close()
     return SalvageResult(recovered=recovered, lost=lost)

@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
+
 __all__ = ["print_scores"]
 
 
 def print_scores(payload: dict[str, Any], where: str | Path) -> None:
-    """Print a metrics payload's headline scores and where they were written."""
+    """Print a metrics payload's headline scores and where they were written (once, under torchrun)."""
+    if not PartialState().is_main_process:
+        return
     m = payload["metrics"]
     head = f"{payload['method']} on {payload['dataset']} ({payload['split']}, N={payload['n_samples']}): "
     if "token_nll" in m:  # generative data: answer likelihoods (generation metrics come from `bayespeft sample`)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bayespeft.data import records
-from bayespeft.data.multiple_choice import _split_boolq
+from bayespeft.data.multiple_choice import split_boolq
 from bayespeft.data.records import (
     SPLITS,
     TRAIN_VAL,
@@ -303,7 +303,7 @@ def _offline_boolq(data_dir: Path, request: _Request) -> list[ClassificationExam
     path = data_dir / "boolq" / "val.jsonl"
     uid_request = request._replace(split="validation")
     examples = _convert(_jsonl_rows(path, request), at(path), _boolq_row, uid_request)
-    return _split_boolq(examples, path, request, _warned)
+    return split_boolq(examples, path, request.split, request.seed, _warned)
 
 
 # ----------------------------------------------------------------------------- registry

@@ -54,7 +54,7 @@ from bayespeft.data.records import (
 )
 from bayespeft.errors import ConfigError, DataError
 
-__all__ = ["MMLU_GROUPS", "MMLU_SUBJECTS", "SPLITS", "MCExample", "list_mc_datasets", "load_mc_dataset"]
+__all__ = ["MMLU_GROUPS", "MMLU_SUBJECTS", "SPLITS", "MCExample", "list_mc_datasets", "load_mc_dataset", "split_boolq"]
 
 MMLU_SUBJECTS: tuple[str, ...] = (
     "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
@@ -510,12 +510,12 @@ def _carve_truthfulqa(examples: list[MCExample], request: _Request) -> list[MCEx
     return truthfulqa_part(examples, request.split, request.seed, f"{request.dataset} data", request.dataset)
 
 
-def _split_boolq(examples: list[T], path: Path, request: _Request, warned: set[str]) -> list[T]:
-    """The ``request.split`` part of the seeded BoolQ split of ``examples`` (the official dev set,
-    read from ``path``): ``validation`` gets 1000 items, ``train`` the rest.
+def split_boolq(examples: list[T], path: Path, split: str, seed: int, warned: set[str]) -> list[T]:
+    """The ``split`` part of the seeded BoolQ split of ``examples`` (the official dev set, read from
+    ``path``): ``validation`` gets 1000 items, ``train`` the rest.
 
     The permutation comes from ``random.Random(1234 + seed)``; each part keeps file order. Shared
-    with :mod:`bayespeft.data.classification`; warns once per ``warned``.
+    with :mod:`bayespeft.data.classification`, so both forms of BoolQ hold the same items; warns once per ``warned``.
     """
     if len(examples) <= BOOLQ_VALIDATION_SIZE:
         raise DataError(f"{path}: needs more than {BOOLQ_VALIDATION_SIZE} records to split, has {len(examples)}")
@@ -527,15 +527,14 @@ def _split_boolq(examples: list[T], path: Path, request: _Request, warned: set[s
         "there is no official train data offline",
         stacklevel=4,
     )
-    seed = _BOOLQ_SEED_OFFSET + request.seed
-    return seeded_part(examples, BOOLQ_VALIDATION_SIZE, seed, request.split == "validation")
+    return seeded_part(examples, BOOLQ_VALIDATION_SIZE, _BOOLQ_SEED_OFFSET + seed, split == "validation")
 
 
 def _offline_boolq(data_dir: Path, request: _Request) -> list[MCExample]:
-    """Seeded split of the official BoolQ dev set (see :func:`_split_boolq`)."""
+    """Seeded split of the official BoolQ dev set (see :func:`split_boolq`)."""
     path = data_dir / "boolq" / "val.jsonl"
     examples = _convert(jsonl_rows(path, request), at(path), _boolq_file_row, request)
-    return _split_boolq(examples, path, request, _warned)
+    return split_boolq(examples, path, request.split, request.seed, _warned)
 
 
 # ----------------------------------------------------------------------------- registry

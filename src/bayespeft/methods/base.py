@@ -331,7 +331,7 @@ class Method:
         """Every adapter tensor (means and variances), keyed as in peft's saved adapters."""
         return {
             k: v.detach().cpu().contiguous()
-            for k, v in get_peft_model_state_dict(_unwrap(model), save_embedding_layers=False).items()
+            for k, v in get_peft_model_state_dict(unwrap_peft(model), save_embedding_layers=False).items()
         }
 
     def save_adapter(self, model: PeftModel, directory: str | Path, mean_only: bool = False) -> Path:
@@ -342,14 +342,14 @@ class Method:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        peft_model = _unwrap(model)
+        peft_model = unwrap_peft(model)
         peft_config = peft_model.peft_config["default"]
         peft_config.save_pretrained(str(directory))
         tensors = self.adapter_state(peft_model)
         saved_modules = peft_config.modules_to_save or []
         if mean_only:
-            tensors = {k: v for k, v in tensors.items() if _is_plain_lora_key(k) or _in_modules(k, saved_modules)}
-        elif any(not (_is_plain_lora_key(k) or _in_modules(k, saved_modules)) for k in tensors):
+            tensors = {k: v for k, v in tensors.items() if is_plain_lora_key(k) or _in_modules(k, saved_modules)}
+        elif any(not (is_plain_lora_key(k) or _in_modules(k, saved_modules)) for k in tensors):
             _mark_posterior(directory / ADAPTER_CONFIG, self.name)
         save_tensors_atomic(directory / ADAPTER_WEIGHTS, tensors, metadata={"format": "pt"})
         write_json_atomic(
@@ -362,7 +362,7 @@ class Method:
         """Load an adapter saved by :meth:`save_adapter` (means and variances) into ``model``."""
         directory = Path(directory)
         tensors = load_tensors(directory / ADAPTER_WEIGHTS)
-        peft_model = _unwrap(model)
+        peft_model = unwrap_peft(model)
         expected = set(self.adapter_state(peft_model))
         # adapters saved before heads travelled with them rebuild the head from train.seed instead
         older = [
@@ -393,8 +393,8 @@ class Method:
                 UserWarning,
                 stacklevel=2,
             )
-        peft_model = _unwrap(model)
-        _untie_adapted_embeddings(peft_model)
+        peft_model = unwrap_peft(model)
+        untie_adapted_embeddings(peft_model)
         return peft_model.merge_and_unload()
 
 
@@ -405,7 +405,7 @@ def name_layers(model: nn.Module) -> None:
             setattr(module, LAYER_KEY, name)
 
 
-def _untie_adapted_embeddings(model: PeftModel) -> None:
+def untie_adapted_embeddings(model: PeftModel) -> None:
     """Give an adapted LM head its own weight when it is tied to the input embeddings.
 
     Otherwise merging the head's LoRA delta would also change the token embeddings.
@@ -418,7 +418,7 @@ def _untie_adapted_embeddings(model: PeftModel) -> None:
             model.get_base_model().config.tie_word_embeddings = False
 
 
-def _unwrap(model: nn.Module) -> PeftModel:
+def unwrap_peft(model: nn.Module) -> PeftModel:
     """The PeftModel inside an accelerate/DDP wrapper."""
     while not isinstance(model, PeftModel) and hasattr(model, "module"):
         model = model.module
@@ -452,7 +452,8 @@ def _mark_posterior(config_path: Path, method: str) -> None:
     write_json_atomic(config_path, fields)
 
 
-def _is_plain_lora_key(key: str) -> bool:
+def is_plain_lora_key(key: str) -> bool:
+    """Whether an adapter tensor key is one plain peft saves (lora_A/lora_B weight or bias), not a posterior one."""
     return key.endswith(("lora_A.weight", "lora_B.weight", "lora_A.bias", "lora_B.bias"))
 
 
@@ -507,6 +508,7 @@ __all__ = [
     "block_noise",
     "build_method",
     "held_noise",
+    "is_plain_lora_key",
     "linear_schedule",
     "method_class",
     "method_config_class",
@@ -515,4 +517,6 @@ __all__ = [
     "read_method_file",
     "register_method",
     "split_groups",
+    "untie_adapted_embeddings",
+    "unwrap_peft",
 ]

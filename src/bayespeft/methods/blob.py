@@ -18,7 +18,7 @@ import torch
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
-from ..config import MethodConfig, TrainConfig, _require
+from ..config import MethodConfig, TrainConfig, require
 from ..enums import BlobOptimization, KLPeriod, KLSchedule, StdParameterization
 from .base import (
     MeanMergeVariant,
@@ -54,10 +54,10 @@ class BlobConfig(MethodConfig):
     std_parameterization: str | None = None  # None: square if eps > 0 else softplus (as the reference)
 
     def validate(self) -> None:
-        _require(self.eps != 0, "method.eps", "must be non-zero (> 0: G = rho^2, < 0: G = softplus(rho))")
-        _require(self.beta > 0, "method.beta", f"must be > 0 (got {self.beta})")
-        _require(self.gamma > 0, "method.gamma", f"must be > 0 (got {self.gamma})")
-        _require(self.kl_lr > 0, "method.kl_lr", f"must be > 0 (got {self.kl_lr})")
+        require(self.eps != 0, "method.eps", "must be non-zero (> 0: G = rho^2, < 0: G = softplus(rho))")
+        require(self.beta > 0, "method.beta", f"must be > 0 (got {self.beta})")
+        require(self.gamma > 0, "method.gamma", f"must be > 0 (got {self.gamma})")
+        require(self.kl_lr > 0, "method.kl_lr", f"must be > 0 (got {self.kl_lr})")
         self.kl_schedule = KLSchedule.parse(self.kl_schedule, "method.kl_schedule").value
         self.kl_period = KLPeriod.parse(self.kl_period, "method.kl_period").value
         self.optimization = BlobOptimization.parse(self.optimization, "method.optimization").value
@@ -65,7 +65,7 @@ class BlobConfig(MethodConfig):
             self.std_parameterization = StdParameterization.parse(
                 self.std_parameterization, "method.std_parameterization"
             ).value
-        _require(
+        require(
             self.parameterization != StdParameterization.SQUARE or self.eps > 0,
             "method.eps",
             f"must be > 0 when G = rho^2 (got {self.eps})",

@@ -31,9 +31,9 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.utils.other import transpose
 from torch import nn
 
-from ..config import MethodConfig, _require
+from ..config import MethodConfig, require
 from ..errors import ConfigError
-from .base import MeanMergeVariant, Method, SamplingState, _untie_adapted_embeddings, _unwrap, register_method
+from .base import MeanMergeVariant, Method, SamplingState, register_method, untie_adapted_embeddings, unwrap_peft
 
 MEMBERS_A = "lora_A_members"  # names contain "lora_" so peft saves and loads them
 MEMBERS_B = "lora_B_members"
@@ -48,7 +48,7 @@ class EnsembleConfig(MethodConfig):
 
     def validate(self) -> None:
         ok = isinstance(self.size, int) and not isinstance(self.size, bool) and self.size >= 2
-        _require(ok, "method.size", f"must be an integer >= 2 (got {self.size!r})")
+        require(ok, "method.size", f"must be an integer >= 2 (got {self.size!r})")
 
 
 def member_weights(module: LoraLayer, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,8 +171,8 @@ class EnsembleLora(Method):
             UserWarning,
             stacklevel=2,
         )
-        peft_model = _unwrap(model)
-        _untie_adapted_embeddings(peft_model)
+        peft_model = unwrap_peft(model)
+        untie_adapted_embeddings(peft_model)
         return peft_model.merge_and_unload()
 
 

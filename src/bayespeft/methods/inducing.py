@@ -56,10 +56,10 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.utils.other import transpose
 from torch import nn
 
-from ..config import MethodConfig, _require
+from ..config import MethodConfig, require
 from ..enums import BlobOptimization, KLPeriod, KLSchedule, StrEnum
 from ..errors import ConfigError
-from .base import MeanMergeVariant, SamplingState, _unwrap, block_noise, held_noise, register_method, split_groups
+from .base import MeanMergeVariant, SamplingState, block_noise, held_noise, register_method, split_groups, unwrap_peft
 from .blob import BlobLora
 
 FACTOR_A = "lora_inducing_A"  # names contain "lora_" so that peft saves and loads them
@@ -102,18 +102,18 @@ class InducingConfig(MethodConfig):
         for field in ("inducing_rank", "inducing_width"):
             size = getattr(self, field)
             ok = size is None or (isinstance(size, int) and not isinstance(size, bool) and size >= 1)
-            _require(ok, f"method.{field}", f"must be an integer >= 1 or null (got {size!r})")
+            require(ok, f"method.{field}", f"must be an integer >= 1 or null (got {size!r})")
         self.posterior = InducingPosterior.parse(self.posterior, "method.posterior").value
-        _require(self.prior_std > 0, "method.prior_std", f"must be > 0 (got {self.prior_std})")
-        _require(self.init_std > 0, "method.init_std", f"must be > 0 (got {self.init_std})")
-        _require(self.noise_scale > 0, "method.noise_scale", f"must be > 0 (got {self.noise_scale})")
-        _require(
+        require(self.prior_std > 0, "method.prior_std", f"must be > 0 (got {self.prior_std})")
+        require(self.init_std > 0, "method.init_std", f"must be > 0 (got {self.init_std})")
+        require(self.noise_scale > 0, "method.noise_scale", f"must be > 0 (got {self.noise_scale})")
+        require(
             self.max_noise_scale > self.noise_scale,
             "method.max_noise_scale",
             f"must exceed method.noise_scale = {self.noise_scale} (got {self.max_noise_scale})",
         )
-        _require(self.gamma > 0, "method.gamma", f"must be > 0 (got {self.gamma})")
-        _require(self.kl_lr > 0, "method.kl_lr", f"must be > 0 (got {self.kl_lr})")
+        require(self.gamma > 0, "method.gamma", f"must be > 0 (got {self.gamma})")
+        require(self.kl_lr > 0, "method.kl_lr", f"must be > 0 (got {self.kl_lr})")
         self.kl_schedule = KLSchedule.parse(self.kl_schedule, "method.kl_schedule").value
         self.kl_period = KLPeriod.parse(self.kl_period, "method.kl_period").value
         self.optimization = BlobOptimization.parse(self.optimization, "method.optimization").value
@@ -432,7 +432,7 @@ class InducingLora(BlobLora):
         """The full posterior, or (``mean_only``) a plain peft LoRA holding E[A] and E[B] diag(g)."""
         if not mean_only:
             return super().save_adapter(model, directory)
-        layers = self.bayesian_layers(_unwrap(model))
+        layers = self.bayesian_layers(unwrap_peft(model))
         with torch.no_grad():
             for layer in layers:
                 for adapter in getattr(layer, FACTOR_A):

@@ -45,14 +45,14 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from ..checkpoint import load_tensors, save_tensors_atomic
-from ..config import MethodConfig, TrainConfig, _require
+from ..config import MethodConfig, TrainConfig, require
 from ..errors import ConfigError, RunDirError
 from .base import (
     Method,
     Optimization,
     TrainingContext,
-    _unwrap,
     register_method,
+    unwrap_peft,
 )
 from .source import FromSourceAdapter
 
@@ -83,30 +83,30 @@ class LaplaceConfig(MethodConfig):
     link_samples: int = 1000  # GLM predictive draws of the logits
 
     def validate(self) -> None:
-        _require(
+        require(
             bool(self.source_adapter),
             "method.source_adapter:",
             "Laplace needs a trained adapter (the adapter/ folder of an mle or map run)",
         )
         self.hessian = str(self.hessian).lower()
-        _require(self.hessian in HESSIANS, "method.hessian", f"must be one of {HESSIANS} (got {self.hessian!r})")
+        require(self.hessian in HESSIANS, "method.hessian", f"must be one of {HESSIANS} (got {self.hessian!r})")
         self.prior_optimization = str(self.prior_optimization).lower()
-        _require(
+        require(
             self.prior_optimization in PRIOR_OPTIMIZATIONS,
             "method.prior_optimization",
             f"must be one of {PRIOR_OPTIMIZATIONS} (got {self.prior_optimization!r})",
         )
-        _require(self.prior_precision > 0, "method.prior_precision", f"must be > 0 (got {self.prior_precision})")
-        _require(
+        require(self.prior_precision > 0, "method.prior_precision", f"must be > 0 (got {self.prior_precision})")
+        require(
             self.fit_examples is None or self.fit_examples >= 1,
             "method.fit_examples",
             f"must be >= 1 or null (got {self.fit_examples})",
         )
-        _require(self.val_examples >= 1, "method.val_examples", f"must be >= 1 (got {self.val_examples})")
+        require(self.val_examples >= 1, "method.val_examples", f"must be >= 1 (got {self.val_examples})")
         self.val_data = str(self.val_data).lower()
-        _require(self.val_data in VAL_DATA, "method.val_data", f"must be one of {VAL_DATA} (got {self.val_data!r})")
-        _require(self.n_kfac_rank >= 1, "method.n_kfac_rank", f"must be >= 1 (got {self.n_kfac_rank})")
-        _require(self.link_samples >= 1, "method.link_samples", f"must be >= 1 (got {self.link_samples})")
+        require(self.val_data in VAL_DATA, "method.val_data", f"must be one of {VAL_DATA} (got {self.val_data!r})")
+        require(self.n_kfac_rank >= 1, "method.n_kfac_rank", f"must be >= 1 (got {self.n_kfac_rank})")
+        require(self.link_samples >= 1, "method.link_samples", f"must be >= 1 (got {self.link_samples})")
 
 
 # ---- linear algebra ---------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def categorical_ggn_root(logits: torch.Tensor) -> torch.Tensor:
 def lora_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """Every LoRA A and B linear of the active adapters, by module name; ConfigError if there are none."""
     try:
-        root = _unwrap(model)
+        root = unwrap_peft(model)
     except TypeError:
         root = model
     found: dict[str, nn.Linear] = {}

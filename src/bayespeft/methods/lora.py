@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import MethodConfig, TrainConfig, _require
+from ..config import MethodConfig, TrainConfig, require
 from .base import Method, register_method
 
 
@@ -27,7 +27,7 @@ class MapConfig(MethodConfig):
     weight_decay: float = 1e-5
 
     def validate(self) -> None:
-        _require(self.weight_decay > 0, "method.weight_decay", f"must be > 0 for MAP (got {self.weight_decay})")
+        require(self.weight_decay > 0, "method.weight_decay", f"must be > 0 for MAP (got {self.weight_decay})")
 
 
 @register_method

@@ -22,7 +22,7 @@ from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from ..config import LoraSettings, MethodConfig, _require
+from ..config import LoraSettings, MethodConfig, require
 from .base import MeanMergeVariant, Method, SamplingState, held_noise, register_method, split_groups
 
 
@@ -34,7 +34,7 @@ class McDropoutConfig(MethodConfig):
     dropout: float = 0.1
 
     def validate(self) -> None:
-        _require(0 < self.dropout < 1, "method.dropout", f"must be in (0, 1) (got {self.dropout})")
+        require(0 < self.dropout < 1, "method.dropout", f"must be in (0, 1) (got {self.dropout})")
 
 
 class HeldDropoutVariant(MeanMergeVariant):

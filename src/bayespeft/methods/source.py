@@ -11,7 +11,7 @@ from torch import nn
 from ..checkpoint import load_tensors
 from ..config import LoraSettings
 from ..errors import ConfigError, RunDirError
-from .base import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Method, _is_plain_lora_key
+from .base import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Method, is_plain_lora_key
 
 
 def source_folder(path: str) -> Path:
@@ -50,8 +50,8 @@ def check_source_shape(folder: Path, lora: LoraSettings, target_modules: list[st
 def load_source_lora(method: Method, model: PeftModel, folder: Path) -> None:
     """Load the source adapter's lora_A / lora_B into ``model`` (any variance tensors are ignored)."""
     weights = folder / ADAPTER_WEIGHTS
-    tensors = {k: v for k, v in load_tensors(weights).items() if _is_plain_lora_key(k)}
-    expected = {k: v.shape for k, v in method.adapter_state(model).items() if _is_plain_lora_key(k)}
+    tensors = {k: v for k, v in load_tensors(weights).items() if is_plain_lora_key(k)}
+    expected = {k: v.shape for k, v in method.adapter_state(model).items() if is_plain_lora_key(k)}
     missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
     if missing or unexpected:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"

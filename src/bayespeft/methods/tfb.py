@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import TrainConfig, _require
+from ..config import TrainConfig, require
 from ..enums import StdParameterization
 from ..errors import ConfigError
 from .base import Optimization, TrainingContext, register_method
@@ -51,26 +51,24 @@ class TfbConfig(BlobConfig):
 
     def validate(self) -> None:
         super().validate()
-        _require(
+        require(
             bool(self.source_adapter),
             "method.source_adapter:",
             "TFB needs a trained adapter (the adapter/ folder of an mle, map or blob run)",
         )
-        _require(self.sigma is None or self.sigma > 0, "method.sigma", f"must be > 0 or null (got {self.sigma})")
-        _require(self.sigma_min > 0, "method.sigma_min", f"must be > 0 (got {self.sigma_min})")
-        _require(
+        require(self.sigma is None or self.sigma > 0, "method.sigma", f"must be > 0 or null (got {self.sigma})")
+        require(self.sigma_min > 0, "method.sigma_min", f"must be > 0 (got {self.sigma_min})")
+        require(
             self.sigma_max > self.sigma_min,
             "method.sigma_max",
             f"must be > method.sigma_min (got {self.sigma_max} <= {self.sigma_min})",
         )
-        _require(
-            self.search_iterations >= 1, "method.search_iterations", f"must be >= 1 (got {self.search_iterations})"
-        )
+        require(self.search_iterations >= 1, "method.search_iterations", f"must be >= 1 (got {self.search_iterations})")
         self.criterion = str(self.criterion).lower()
-        _require(self.criterion in CRITERIA, "method.criterion", f"must be one of {CRITERIA} (got {self.criterion!r})")
-        _require(self.tolerance > 0, "method.tolerance", f"must be > 0 (got {self.tolerance})")
-        _require(self.anchor_size >= 1, "method.anchor_size", f"must be >= 1 (got {self.anchor_size})")
-        _require(self.search_samples >= 1, "method.search_samples", f"must be >= 1 (got {self.search_samples})")
+        require(self.criterion in CRITERIA, "method.criterion", f"must be one of {CRITERIA} (got {self.criterion!r})")
+        require(self.tolerance > 0, "method.tolerance", f"must be > 0 (got {self.tolerance})")
+        require(self.anchor_size >= 1, "method.anchor_size", f"must be >= 1 (got {self.anchor_size})")
+        require(self.search_samples >= 1, "method.search_samples", f"must be >= 1 (got {self.search_samples})")
 
 
 def search_sigma(

@@ -28,7 +28,7 @@ from peft import PeftModel
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
-from ..config import LoraSettings, MethodConfig, TrainConfig, _require
+from ..config import LoraSettings, MethodConfig, TrainConfig, require
 from ..enums import StrEnum
 from ..errors import ConfigError
 from .base import (
@@ -66,7 +66,7 @@ class WeightNoiseConfig(MethodConfig):
     source_adapter: str | None = None  # adapter/ folder of a trained LoRA run: its weights are the mean
 
     def validate(self) -> None:
-        _require(self.sigma > 0, "method.sigma", f"must be > 0 (got {self.sigma})")
+        require(self.sigma > 0, "method.sigma", f"must be > 0 (got {self.sigma})")
         self.distribution = NoiseDistribution.parse(self.distribution, "method.distribution").value
 
 

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from .text import _aliases, _references
+from .text import alias_list, reference_groups
 
 __all__ = [
     "JUDGE_PROMPT",
@@ -147,7 +147,7 @@ def _qa_inputs(
     predictions: Sequence[str], references: Sequence[str | Sequence[str]], questions: Sequence[str] | None
 ) -> tuple[list[list[str]], list[str | None]]:
     """Reference lists and questions (None when not given), checked to match the predictions."""
-    groups = _references(references, len(predictions))
+    groups = reference_groups(references, len(predictions))
     if questions is None:
         return groups, [None] * len(predictions)
     if len(questions) != len(predictions):
@@ -216,7 +216,7 @@ def format_judge_prompt(question: str, prediction: str, references: str | Sequen
     """:data:`JUDGE_PROMPT` for one example; several references are joined with " | "."""
     return JUDGE_PROMPT.format(
         question=question.strip(),
-        reference=" | ".join(a.strip() for a in _aliases(references)),
+        reference=" | ".join(a.strip() for a in alias_list(references)),
         prediction=prediction.strip(),
     )
 

@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 
 from .judges import EntailmentScorer
-from .text import _rouge_scorer, normalize_answer
+from .text import cached_rouge_scorer, normalize_answer
 
 __all__ = [
     "GENERATIVE_UNCERTAINTY_SCORES",
@@ -285,7 +285,7 @@ def lexical_similarity(answers: Sequence[str], use_stemmer: bool = False) -> flo
     pairs = list(combinations(answers, 2))
     if not pairs:
         return 1.0
-    scorer = _rouge_scorer(("rougeL",), use_stemmer)
+    scorer = cached_rouge_scorer(("rougeL",), use_stemmer)
     return sum(scorer.score(a, b)["rougeL"].fmeasure for a, b in pairs) / len(pairs)
 
 

@@ -26,6 +26,7 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,8 +35,11 @@ __all__ = [
     "REFERENCE_AGGREGATES",
     "ROUGE_TYPES",
     "BERTScore",
+    "alias_list",
+    "cached_rouge_scorer",
     "exact_match",
     "normalize_answer",
+    "reference_groups",
     "rouge_scores",
     "token_f1",
 ]
@@ -58,7 +62,7 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", no_punctuation).split())
 
 
-def _aliases(aliases: str | Sequence[str]) -> list[str]:
+def alias_list(aliases: str | Sequence[str]) -> list[str]:
     """The reference aliases as a non-empty list (a single string is one alias)."""
     if isinstance(aliases, str):
         return [aliases]
@@ -73,7 +77,7 @@ def _aliases(aliases: str | Sequence[str]) -> list[str]:
 def exact_match(prediction: str, aliases: str | Sequence[str]) -> float:
     """1.0 when the normalised prediction equals some normalised alias, else 0.0."""
     normalised = normalize_answer(prediction)
-    return float(any(normalised == normalize_answer(alias) for alias in _aliases(aliases)))
+    return float(any(normalised == normalize_answer(alias) for alias in alias_list(aliases)))
 
 
 def _token_f1(prediction_tokens: list[str], reference_tokens: list[str]) -> float:
@@ -91,16 +95,16 @@ def _token_f1(prediction_tokens: list[str], reference_tokens: list[str]) -> floa
 def token_f1(prediction: str, aliases: str | Sequence[str]) -> float:
     """Best over aliases of the bag-of-tokens F1 between normalised prediction and alias."""
     prediction_tokens = normalize_answer(prediction).split()
-    return max(_token_f1(prediction_tokens, normalize_answer(alias).split()) for alias in _aliases(aliases))
+    return max(_token_f1(prediction_tokens, normalize_answer(alias).split()) for alias in alias_list(aliases))
 
 
-def _references(references: Sequence[str | Sequence[str]], n: int) -> list[list[str]]:
+def reference_groups(references: Sequence[str | Sequence[str]], n: int) -> list[list[str]]:
     """One non-empty list of reference strings per prediction."""
     if isinstance(references, str):
         raise ValueError("references must hold one reference (or list of references) per prediction, not one string")
     if n == 0:
         raise ValueError("predictions is empty")
-    groups = [_aliases(refs) for refs in references]
+    groups = [alias_list(refs) for refs in references]
     if len(groups) != n:
         raise ValueError(f"got {n} predictions but {len(groups)} reference groups")
     return groups
@@ -114,7 +118,8 @@ def _aggregate(values: Tensor, groups: list[list[str]], name: str) -> dict[str, 
 
 
 @lru_cache(maxsize=8)
-def _rouge_scorer(rouge_types: tuple[str, ...], use_stemmer: bool):
+def cached_rouge_scorer(rouge_types: tuple[str, ...], use_stemmer: bool) -> Any:
+    """One ``rouge_score.RougeScorer`` per setting, built on first use (imported lazily: rouge-score pulls in NLTK)."""
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(list(rouge_types), use_stemmer=use_stemmer)
@@ -134,9 +139,9 @@ def rouge_scores(
     summarization papers). ``rougeL`` treats each text as one sequence; add ``"rougeLsum"``
     to ``rouge_types`` for the newline-split summary-level variant.
     """
-    groups = _references(references, len(predictions))
+    groups = reference_groups(references, len(predictions))
     types = tuple(rouge_types)
-    scorer = _rouge_scorer(types, bool(use_stemmer))
+    scorer = cached_rouge_scorer(types, bool(use_stemmer))
     flat = {t: [] for t in types}
     for prediction, refs in zip(predictions, groups, strict=True):
         for ref in refs:
@@ -212,7 +217,7 @@ class BERTScore:
 
     def score(self, predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, Tensor]:
         """BERTScore F1 per example: ``bertscore_f1_{max|mean|min}`` float64 tensors ``[N]`` over references."""
-        groups = _references(references, len(predictions))
+        groups = reference_groups(references, len(predictions))
         candidates = [p for p, refs in zip(predictions, groups, strict=True) for _ in refs]
         flat_refs = [r for refs in groups for r in refs]
         _, _, f1 = self._scorer.score(candidates, flat_refs, batch_size=self.batch_size)
