@@ -37,10 +37,9 @@ def sign_mask(bits: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torc
     """
     shifts = torch.arange(BITS_PER_WORD - 1, -1, -1, dtype=torch.int32, device=bits.device)
     mask = (bits.unsqueeze(-1) << shifts).bitwise_and_(SIGN_BIT).reshape(-1)[: shape.numel()].view(shape)
-    width = torch.empty((), dtype=dtype).element_size()
-    if width == 2:
+    if dtype.itemsize == 2:
         return (mask >> 16).to(torch.int16)
-    if width == 8:
+    if dtype.itemsize == 8:
         return mask.to(torch.int64) << 32
     return mask
 
