@@ -13,9 +13,6 @@ import bayespeft
 
 PACKAGE = Path(bayespeft.__file__).parent
 ROOT = Path(__file__).resolve().parents[1]
-#: ``config._require``, the old name of ``config.require``, is still imported by these two method modules while their
-#: owner reworks them; once they import ``require``, delete this, the alias in config.py, and its use below.
-AWAITING_RENAME = {("bayespeft.methods.blob", "_require"), ("bayespeft.methods.weight_noise", "_require")}
 #: Heavy third-party packages the import check loads once before forking a fresh child per module.
 PRELOADED = ("torch", "transformers", "peft", "accelerate", "datasets", "matplotlib.pyplot", "optuna")
 
@@ -91,7 +88,7 @@ def test_no_module_borrows_another_modules_underscore_names():
         for name in names
         if name.startswith("_") and not name.startswith("__") and target != module
     }
-    assert borrowed == AWAITING_RENAME, sorted(borrowed ^ AWAITING_RENAME)
+    assert not borrowed, sorted(borrowed)
 
 
 def test_scripts_use_only_public_names():

@@ -304,11 +304,6 @@ def require(ok: bool, name: str, message: str) -> None:
         raise ConfigError(f"{name} {message}")
 
 
-#: The old name, still imported by ``methods/blob.py`` and ``methods/weight_noise.py`` (being reworked elsewhere);
-#: goes once they import :func:`require`.
-_require = require
-
-
 def _to_plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}

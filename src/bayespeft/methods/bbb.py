@@ -18,7 +18,7 @@ from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
 from .base import held_noise, register_method, split_groups
-from .blob import RHO, BlobConfig, BlobLora, BlobVariant, gaussian_kl, initial_rho, posterior_std
+from .blob import RHO, BlobConfig, BlobLora, BlobVariant, gaussian_kl, initial_rho, posterior_std, summed_kl
 
 RHO_B = "lora_B_rho"
 
@@ -86,10 +86,9 @@ class BbbLora(BlobLora):
 
     def kl(self, model: nn.Module) -> torch.Tensor:
         """KL of A (as BLoB) plus the Gaussian KL of every B entry."""
-        cfg = self.config
-        total = super().kl(model)
-        for layer in self.bayesian_layers(model):
-            for adapter, rho in layer.lora_B_rho.items():
-                std = posterior_std(rho, cfg.parameterization)
-                total = total + gaussian_kl(layer.lora_B[adapter].weight, std, cfg.beta)
-        return total
+        pairs = [
+            (layer.lora_B[adapter].weight, rho)
+            for layer in self.bayesian_layers(model)
+            for adapter, rho in layer.lora_B_rho.items()
+        ]
+        return super().kl(model) + summed_kl(pairs, gaussian_kl, self.config)

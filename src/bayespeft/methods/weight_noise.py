@@ -28,7 +28,7 @@ from peft import PeftModel
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
-from ..config import LoraSettings, MethodConfig, TrainConfig, _require
+from ..config import LoraSettings, MethodConfig, TrainConfig, require
 from ..enums import StrEnum
 from ..errors import ConfigError
 from .base import (
@@ -41,7 +41,8 @@ from .base import (
     register_method,
     split_groups,
 )
-from .blob import BlobVariant, rademacher_like
+from .blob import BlobVariant
+from .flipout import flipout_noise
 from .source import check_source_shape, load_source_lora, source_folder
 
 LAPLACE_STD = math.sqrt(2.0)  # std of a unit-scale Laplace(0, 1)
@@ -65,7 +66,7 @@ class WeightNoiseConfig(MethodConfig):
     source_adapter: str | None = None  # adapter/ folder of a trained LoRA run: its weights are the mean
 
     def validate(self) -> None:
-        _require(self.sigma > 0, "method.sigma", f"must be > 0 (got {self.sigma})")
+        require(self.sigma > 0, "method.sigma", f"must be > 0 (got {self.sigma})")
         self.distribution = NoiseDistribution.parse(self.distribution, "method.distribution").value
 
 
@@ -113,13 +114,9 @@ class WeightNoiseVariant(BlobVariant):
     def flipout_full(self, module: LoraLayer, adapter: str, x: torch.Tensor) -> torch.Tensor:
         """The weight noise's contribution to the output, shape x.shape[:-1] + (out,)."""
         groups = self.state.groups
-        if x.shape[0] % groups:
-            raise ValueError(f"batch of {x.shape[0]} rows cannot hold {groups} stacked weight samples")
         d_out, d_in = module.out_features, module.in_features
         noise = block_noise(self.state, module, f"W/{adapter}", lambda: self.noise((groups, d_out, d_in), x))
-        flipped = (x * rademacher_like(x)).reshape(groups, -1, d_in)
-        out = torch.bmm(flipped, noise.transpose(1, 2)).reshape(*x.shape[:-1], d_out)
-        return out * rademacher_like(out) * self.row_scale(module, adapter, x)
+        return flipout_noise(x, noise, "weight samples") * self.row_scale(module, adapter, x)
 
     def held_full(self, module: LoraLayer, adapter: str, x: torch.Tensor) -> torch.Tensor:
         """x (Sigma * E_g)^T for rows of group g, E_g one unit draw of the full weight kept for the whole block."""
