@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 
 import torch
@@ -24,6 +25,13 @@ from bayespeft.experiments.report import load_predictions
 from bayespeft.methods import build_method
 from bayespeft.methods.base import ADAPTER_WEIGHTS, read_method_file
 from bayespeft.methods.blob import posterior_std
+from bayespeft.metrics.classification import (
+    accuracy,
+    expected_calibration_error,
+    mutual_information,
+    negative_log_likelihood,
+)
+from bayespeft.predictive import posterior_predictive_from_probs
 from bayespeft.rundir import RunDir
 from bayespeft.runs import load_trained_run, trained_session
 from bayespeft.training import load_examples
@@ -36,6 +44,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("runs", type=Path, nargs="+", help="finished run directories")
     parser.add_argument("--window", type=int, default=25, help="training steps per NLL average")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--held-draws", type=int, default=0, metavar="K", help="held-out examples to compare on")
     parser.add_argument("--signal-noise", type=int, default=0, metavar="K", help="held-out examples to measure on")
     return parser.parse_args()
 
@@ -71,7 +80,7 @@ def training_stats(run: RunDir, window: int) -> dict[str, object]:
 
 def signal_noise_stats(run: RunDir, examples: int) -> dict[str, dict[str, float]]:
     """Per kind of adapted layer: noise / signal of the sampled LoRA output and the std's selectivity."""
-    run, config = load_trained_run(run.root, ["eval.n_samples=0", "model.precision=fp32"])
+    run, config = load_trained_run(run.root, ["eval.n_samples=0"])
     session = trained_session(run, config)
     parameterization = getattr(session.method.config, "parameterization", None)
     if parameterization is None:
@@ -120,6 +129,39 @@ def signal_noise_stats(run: RunDir, examples: int) -> dict[str, dict[str, float]
     }
 
 
+def held_draw_stats(run: RunDir, examples: int) -> dict[str, dict[str, float]]:
+    """ACC / ECE / NLL / MI of N = 10 draws, per-token Flipout against one held draw per pass."""
+    run, config = load_trained_run(run.root, ["eval.n_samples=10", "eval.samples_per_pass=1"])
+    session = trained_session(run, config)
+    if not session.method.stochastic:
+        return {}
+    encoded = session.task.encode(load_examples(config, config.data.eval_split, examples))
+    as_trained = session.method.sampling
+    out = {}
+    for mode in ("flipout", "held"):
+        if mode == "held":  # every sampling block of the evaluation holds its draws for all tokens
+
+            def held(
+                enabled: bool = True, seed: int | None = None, groups: int = 1, offset: int = 0, hold: bool = False
+            ) -> ContextManager[None]:
+                return as_trained(enabled, seed, groups, offset, hold=enabled)
+
+            session.method.sampling = held
+        torch.manual_seed(0)
+        probs, labels = predict(
+            session.model, session.method, session.task, encoded, config.eval, session.accelerator, progress=False
+        )
+        mean = posterior_predictive_from_probs(probs)
+        out[mode] = {
+            "acc": accuracy(mean, labels),
+            "ece": expected_calibration_error(mean, labels),
+            "nll": negative_log_likelihood(mean, labels),
+            "mutual_information": float(mutual_information(probs).mean()),
+        }
+    session.method.sampling = as_trained
+    return out
+
+
 def prediction_stats(run: RunDir) -> dict[str, float]:
     records = load_predictions(run.root / "predictions.jsonl")
     return {
@@ -132,6 +174,8 @@ def main() -> None:
     args = parse_args()
     if args.window < 1:
         raise SystemExit(f"--window: must be >= 1 (got {args.window})")
+    if args.held_draws < 0:
+        raise SystemExit(f"--held-draws: must be >= 0 (got {args.held_draws})")
     if args.signal_noise < 0:
         raise SystemExit(f"--signal-noise: must be >= 0 (got {args.signal_noise})")
     rows = {}
@@ -142,6 +186,8 @@ def main() -> None:
         rows[f"{path.parent.name}/{path.name}"] = (
             adapter_stats(run) | training_stats(run, args.window) | prediction_stats(run)
         )
+        if args.held_draws:
+            rows[f"{path.parent.name}/{path.name}"]["held_draws"] = held_draw_stats(run, args.held_draws)
         if args.signal_noise:
             rows[f"{path.parent.name}/{path.name}"]["signal_noise"] = signal_noise_stats(run, args.signal_noise)
 
