@@ -12,6 +12,7 @@ confidence (max predictive probability) and accuracy of its predictions.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
@@ -34,7 +35,7 @@ from bayespeft.metrics.classification import (
 from bayespeft.predictive import posterior_predictive_from_probs
 from bayespeft.rundir import RunDir
 from bayespeft.runs import load_trained_run, trained_session
-from bayespeft.training import load_examples
+from bayespeft.training import Session, load_examples
 
 FACTORS = {"A": "lora_A", "B": "lora_B"}
 
@@ -44,24 +45,34 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("runs", type=Path, nargs="+", help="finished run directories")
     parser.add_argument("--window", type=int, default=25, help="training steps per NLL average")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--by-layer-kind", action="store_true", help="adapter statistics per kind of layer too")
     parser.add_argument("--held-draws", type=int, default=0, metavar="K", help="held-out examples to compare on")
     parser.add_argument("--signal-noise", type=int, default=0, metavar="K", help="held-out examples to measure on")
     return parser.parse_args()
 
 
-def adapter_stats(run: RunDir) -> dict[str, float]:
-    """Mean |A|, |B| and (where the adapter has a rho) the mean posterior std of each factor."""
+def adapter_stats(run: RunDir, by_layer_kind: bool = False) -> dict[str, float]:
+    """Mean |A|, |B| and (where the adapter has a rho) the mean posterior std of each factor; with
+    ``by_layer_kind`` also per kind of adapted layer (q_proj, lm_head, ...), keys suffixed ``/<kind>``."""
     tensors = load_file(str(run.adapter / ADAPTER_WEIGHTS))
     saved = read_method_file(run.adapter)
     parameterization = getattr(build_method(saved["method"], **saved["config"]).config, "parameterization", None)
+    groups = {"": tensors}
+    if by_layer_kind:
+        for key, tensor in tensors.items():
+            if ".lora_" in key:
+                kind = key.split(".lora_")[0].rsplit(".", 1)[-1]
+                groups.setdefault(f"/{kind}", {})[key] = tensor
     stats = {}
-    for factor, prefix in FACTORS.items():
-        weights = [t.float().abs().flatten() for k, t in tensors.items() if k.endswith(f"{prefix}.weight")]
-        if weights:
-            stats[f"mean_abs_{factor}"] = torch.cat(weights).mean().item()
-        rhos = [t.float().flatten() for k, t in tensors.items() if k.endswith(f"{prefix}_rho")]
-        if rhos and parameterization is not None:
-            stats[f"mean_std_{factor}"] = posterior_std(torch.cat(rhos), parameterization).mean().item()
+    for suffix, group in groups.items():
+        for factor, prefix in FACTORS.items():
+            weights = [t.float().abs().flatten() for k, t in group.items() if k.endswith(f"{prefix}.weight")]
+            if weights:
+                stats[f"mean_abs_{factor}{suffix}"] = torch.cat(weights).mean().item()
+            rhos = [t.float().flatten() for k, t in group.items() if k.endswith(f"{prefix}_rho")]
+            if rhos and parameterization is not None:
+                std = posterior_std(torch.cat(rhos), parameterization)
+                stats[f"mean_std_{factor}{suffix}"] = std.mean().item()
     return stats
 
 
@@ -78,10 +89,9 @@ def training_stats(run: RunDir, window: int) -> dict[str, object]:
     return stats
 
 
-def signal_noise_stats(run: RunDir, examples: int) -> dict[str, dict[str, float]]:
+def signal_noise_stats(session: Session, examples: int) -> dict[str, dict[str, float]]:
     """Per kind of adapted layer: noise / signal of the sampled LoRA output and the std's selectivity."""
-    run, config = load_trained_run(run.root, ["eval.n_samples=0"])
-    session = trained_session(run, config)
+    config = session.config
     parameterization = getattr(session.method.config, "parameterization", None)
     if parameterization is None:
         return {}
@@ -117,7 +127,7 @@ def signal_noise_stats(run: RunDir, examples: int) -> dict[str, dict[str, float]
         session.method,
         session.task,
         session.task.encode(loaded),
-        config.eval,
+        dataclasses.replace(config.eval, n_samples=0),  # the posterior mean: its activations x
         session.accelerator,
         progress=False,
     )
@@ -129,10 +139,9 @@ def signal_noise_stats(run: RunDir, examples: int) -> dict[str, dict[str, float]
     }
 
 
-def held_draw_stats(run: RunDir, examples: int) -> dict[str, dict[str, float]]:
+def held_draw_stats(session: Session, examples: int) -> dict[str, dict[str, float]]:
     """ACC / ECE / NLL / MI of N = 10 draws, per-token Flipout against one held draw per pass."""
-    run, config = load_trained_run(run.root, ["eval.n_samples=10", "eval.samples_per_pass=1"])
-    session = trained_session(run, config)
+    config = session.config
     if not session.method.stochastic:
         return {}
     encoded = session.task.encode(load_examples(config, config.data.eval_split, examples))
@@ -184,12 +193,15 @@ def main() -> None:
         if not run.adapter.is_dir():
             raise SystemExit(f"{path}: not a finished run (no adapter/)")
         rows[f"{path.parent.name}/{path.name}"] = (
-            adapter_stats(run) | training_stats(run, args.window) | prediction_stats(run)
+            adapter_stats(run, args.by_layer_kind) | training_stats(run, args.window) | prediction_stats(run)
         )
-        if args.held_draws:
-            rows[f"{path.parent.name}/{path.name}"]["held_draws"] = held_draw_stats(run, args.held_draws)
-        if args.signal_noise:
-            rows[f"{path.parent.name}/{path.name}"]["signal_noise"] = signal_noise_stats(run, args.signal_noise)
+        if args.held_draws or args.signal_noise:  # one session (model load) serves both measurements
+            loaded, config = load_trained_run(run.root, ["eval.n_samples=10", "eval.samples_per_pass=1"])
+            session = trained_session(loaded, config)
+            if args.held_draws:
+                rows[f"{path.parent.name}/{path.name}"]["held_draws"] = held_draw_stats(session, args.held_draws)
+            if args.signal_noise:
+                rows[f"{path.parent.name}/{path.name}"]["signal_noise"] = signal_noise_stats(session, args.signal_noise)
 
     for name, row in rows.items():
         cells = []
