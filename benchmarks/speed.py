@@ -7,9 +7,9 @@ Measures, in one process and one run (ratios, not absolute times, are the result
   4. a training step of BLoB vs MLE (the Flipout + KL overhead), on SmolLM2 (ARC-Easy, batch 4) and
      MiniLM (MRPC, batch 16): step times interleaved in this process, and the peak RSS of a fresh
      process per arm that loads the model and trains only that arm for a few steps;
-  5. cloze scoring with each question's stem run once (shared-prefix key/value cache) vs every
-     choice row run whole: a BLoB training step and an N = 10 evaluation batch (draws stacked),
-     4 questions each, on ARC-Easy, OBQA and WinoGrande.
+  5. cloze scoring with each question's stem run once (packed with its choices' own tokens) vs every
+     choice row run whole: BLoB training steps of 4 questions and N = 10 evaluation batches of 8
+     (draws stacked), over several batches, on ARC-Easy, OBQA and WinoGrande.
 
     python benchmarks/speed.py --out benchmarks/results/speed.json
     python benchmarks/speed.py --cloze-only   # part 5 only, merged into the existing file
@@ -138,38 +138,54 @@ def blob_mle_pair(args) -> tuple[dict[str, float], dict[str, float], dict[str, f
 
 
 CLOZE_DATASETS = {"arc_easy": "", "obqa": "_obqa", "winogrande_s": "_winogrande"}  # key suffix per dataset
+HELD_OUT_SPLIT = {"arc_easy": "test", "obqa": "test", "winogrande_s": "validation"}  # the study's evaluation splits
 
 
 def cloze_prefix_times(dataset: str, args) -> dict[str, float]:
-    """Median times of a BLoB training step and an N = 10 evaluation batch, per-row vs shared-prefix cloze."""
+    """Times of BLoB training steps and N = 10 evaluation batches, per-row vs shared-prefix cloze.
+
+    One timing covers ``--cloze-batches`` training batches of 4 (a seeded shuffle of the study's 320
+    training questions) or half as many evaluation batches of 8 (held-out questions), the same batches
+    for both passes: questions differ widely in stem and choice lengths, so one batch is no measure.
+    """
     model_cfg = ModelConfig(name=args.model, precision="fp32")
     model, tokenizer, _ = load_backbone(model_cfg)
     method = build_method("blob")
     model = method.inject(model, model_cfg.lora, lora_targets(model, model_cfg), "CAUSAL_LM")
     tasks = {cache: ClozeMultipleChoiceTask(tokenizer, max_length=300, prefix_cache=cache) for cache in (False, True)}
-    encoded = tasks[True].encode(load_mc_dataset(dataset, "train", args.data_dir, limit=64))
+    train = tasks[True].encode(load_mc_dataset(dataset, "train", args.data_dir, limit=320))
+    held_out = tasks[True].encode(load_mc_dataset(dataset, HELD_OUT_SPLIT[dataset], args.data_dir, limit=200))
     tasks[False].answer_labels = tasks[True].answer_labels
-    train_batch, eval_batch = tasks[True].collate(encoded[:4]), tasks[True].collate(encoded[4:8])
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
+    train_batches = [
+        tasks[True].collate([train[i] for i in order[4 * b : 4 * b + 4]]) for b in range(args.cloze_batches)
+    ]
+    eval_batches = [tasks[True].collate(held_out[8 * b : 8 * b + 8]) for b in range(max(1, args.cloze_batches // 2))]
     context = TrainingContext(num_examples=2248, batch_size=4, batches_per_epoch=562, total_steps=1000)
     optimization = method.build_optimization(model, TrainConfig(), context)
 
-    def train_step(task: ClozeMultipleChoiceTask) -> None:
+    def train_steps(task: ClozeMultipleChoiceTask) -> None:
         model.train()
-        with method.sampling(True):
-            nll = task.loss(task.class_logits(model, train_batch), train_batch["labels"])
-        optimization.step(nll, lambda loss: loss.backward())
+        for batch in train_batches:
+            with method.sampling(True):
+                nll = task.loss(task.class_logits(model, batch), batch["labels"])
+            optimization.step(nll, lambda loss: loss.backward())
 
     def evaluate(task: ClozeMultipleChoiceTask) -> None:
         model.eval()
-        with torch.no_grad(), method.sampling(True, seed=0):
-            method.predictive_samples(model, task, eval_batch, n_samples=10, samples_per_pass=10)
+        for batch in eval_batches:
+            with torch.no_grad(), method.sampling(True, seed=0):
+                method.predictive_samples(model, task, batch, n_samples=10, samples_per_pass=10)
 
     suffix = CLOZE_DATASETS[dataset]
     functions = {}
     for cache, name in ((False, "per_row"), (True, "prefix")):
-        functions[f"cloze_train_step_{name}{suffix}_s"] = functools.partial(train_step, tasks[cache])
+        functions[f"cloze_train_step_{name}{suffix}_s"] = functools.partial(train_steps, tasks[cache])
         functions[f"cloze_eval_n10_{name}{suffix}_s"] = functools.partial(evaluate, tasks[cache])
-    return interleaved_medians(functions, args.repeats)
+    times = interleaved_medians(functions, args.repeats)
+    for key in list(times):  # per training step of 4 / per evaluation batch of 8
+        times[key] /= len(train_batches) if key.startswith("cloze_train") else len(eval_batches)
+    return times
 
 
 def cloze_prefix_ratios(times: dict[str, float]) -> dict[str, float]:
@@ -204,6 +220,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
     parser.add_argument("--cloze-only", action="store_true", help="measure part 5 only; merge into --out")
+    parser.add_argument("--cloze-batches", type=int, default=8, help="training batches per cloze timing (part 5)")
     parser.add_argument("--cloze-datasets", nargs="+", default=list(CLOZE_DATASETS), choices=list(CLOZE_DATASETS))
     parser.add_argument("--note", default="", help="how the machine was loaded, stored with the arguments")
     parser.add_argument("--blob-mle-only", action="store_true", help="measure part 4 only; merge into --out")

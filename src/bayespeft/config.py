@@ -110,7 +110,7 @@ class DataConfig:
     max_eval_examples: int | None = None
     max_length: int = 300
     mc_scoring: str = MCScoring.LETTER.value  # multiple choice with a causal LM: letter or cloze
-    cloze_prefix_cache: bool = True  # cloze: run each question's stem once, its choices from the cache
+    cloze_prefix_cache: bool = True  # cloze: run each question's stem once, its choices packed after it
 
     def validate(self) -> None:
         require(self.max_length >= 8, "data.max_length", f"must be >= 8 (got {self.max_length})")

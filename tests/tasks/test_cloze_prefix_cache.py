@@ -1,4 +1,4 @@
-"""Shared-prefix cloze scoring: the stem runs once, the choices continue from its key/value cache."""
+"""Shared-prefix cloze scoring: each question packed as its stem once, then every choice row's remainder."""
 
 from __future__ import annotations
 
@@ -95,10 +95,42 @@ def test_shared_prefix_logits_equal_the_per_row_logits_of_the_plain_model(tiny_l
     torch.testing.assert_close(shared, per_row, rtol=0, atol=1e-4)
 
 
+def test_a_packed_question_holds_its_stem_once_then_each_rows_own_tokens(batch):
+    task, collated = batch
+    encoded = task.encode(EXAMPLES)
+    for q, example in enumerate(encoded):
+        cut = shared_prefix_length(example.rows, example.choice_lengths)
+        expected = example.rows[0][:cut] + [token for row in example.rows for token in row[cut:]]
+        segments = collated["packed_segments"][q]
+        assert collated["packed_ids"][q, : len(expected)].tolist() == expected
+        assert (segments[len(expected) :] == -1).all()  # the rest is padding
+        assert (segments[:cut] == 0).all()
+        ends = collated["packed_ends"][q]
+        assert ends[: example.num_choices].tolist() == [
+            cut + sum(len(row) - cut for row in example.rows[: k + 1]) - 1 for k in range(example.num_choices)
+        ]
+        assert (ends[example.num_choices :] == -1).all()
+        # every row's remainder continues the positions of its own full row
+        last = int(ends[0])
+        assert collated["packed_positions"][q, last] == len(example.rows[0]) - 1
+    assert collated["packed_ids"].numel() < collated["input_ids"].numel()
+
+
+def test_eager_attention_gets_an_additive_mask_with_the_same_logits(tiny_llama_dir, batch):
+    task, collated = batch
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_llama_dir, torch_dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            task.shared_prefix_logits(model, collated, 2), task.per_row_logits(model, collated, 2), rtol=0, atol=1e-4
+        )
+
+
 def test_a_batch_without_any_shared_prefix_scores_every_row_from_its_start(tiny_llama_dir, tokenizer):
     task = ClozeMultipleChoiceTask(tokenizer, max_length=64)
     collated = task.collate(task.encode(EXAMPLES[3:]))
-    assert collated["prefix_mask"].shape == (1, 1) and not collated["prefix_mask"].any()
+    assert not (collated["packed_segments"] == 0).any()  # no position belongs to a shared prefix
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, torch_dtype=torch.float32).eval()
     with torch.no_grad():
         torch.testing.assert_close(
@@ -123,7 +155,7 @@ def test_shared_prefix_logits_equal_per_row_logits_for_the_mean_and_held_draws(t
 
 
 @pytest.mark.parametrize("sampling", [False, True])
-def test_gradients_through_the_cache_equal_the_per_row_gradients(tiny_llama_dir, batch, sampling):
+def test_gradients_of_the_packed_pass_equal_the_per_row_gradients(tiny_llama_dir, batch, sampling):
     task, collated = batch
     model, method = bayesian_model(tiny_llama_dir, "blob")
     model.train()
@@ -144,8 +176,8 @@ def test_gradients_through_the_cache_equal_the_per_row_gradients(tiny_llama_dir,
         torch.testing.assert_close(shared[n], per_row[n], rtol=1e-3, atol=1e-5, msg=n)
 
 
-def test_one_sampling_block_is_one_flipout_draw_for_both_calls(tiny_llama_dir, batch):
-    """Without hold, the prefix and its continuations share the block's noise E (Flipout signs stay per token)."""
+def test_one_sampling_block_is_one_flipout_draw_for_stem_and_choices(tiny_llama_dir, batch):
+    """Without hold, the stem and its continuations share the block's noise E (Flipout signs stay per token)."""
     task, collated = batch
     model, method = bayesian_model(tiny_llama_dir, "blob")
     layer = next(m for m in model.modules() if hasattr(m, "lora_A_rho"))
@@ -169,12 +201,12 @@ def test_one_sampling_block_is_one_flipout_draw_for_both_calls(tiny_llama_dir, b
     finally:
         del variant.noise
     layers = sum(1 for m in model.modules() if hasattr(m, "lora_A_rho"))
-    assert draws_in_block == layers  # one draw per layer for the two calls
+    assert draws_in_block == layers  # one draw per layer for stem and choices
     assert len(seen) == 3 * layers  # outside a block every pass draws anew
 
 
 def test_laplace_jacobians_are_those_of_the_per_row_pass(tiny_llama_dir, tokenizer):
-    """The GLM's hooks read one forward call per layer: a prefix-cached task gives the per-row Jacobians."""
+    """The GLM's per-example Jacobians come from the per-row pass whichever cloze pass the task uses."""
     model, _ = bayesian_model(tiny_llama_dir, "mle")
     results = []
     for prefix_cache in (True, False):

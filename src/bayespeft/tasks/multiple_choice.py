@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from ..data.multiple_choice import MCExample
 from ..errors import DataError
@@ -128,9 +128,12 @@ class ClozeMultipleChoiceTask(MultipleChoiceTask):
     (longest span + 1) positions (``logits_to_keep``).
 
     With ``prefix_cache`` (the default) the tokens a question's rows share (its stem) run once per
-    question and stacked draw; the rows continue from that key/value cache. Gradients flow through
-    the cache into the stem's layers, and inside a sampling block both calls see the block's weight
-    draw, so the logits are those of the per-row pass (:meth:`per_row_logits`) up to float rounding.
+    question and stacked draw: each question is one packed sequence, the stem followed by every row's
+    remainder, and an attention mask lets each remainder see the stem and itself only (the stem's keys
+    and values serve every choice, as a key/value cache would, in one forward call). Gradients reach the
+    stem's layers from every choice, and one forward call is one weight draw, so the logits are those
+    of the per-row pass (:meth:`per_row_logits`) up to float rounding. The rows' remainders are not
+    padded to a common width, so a question costs its stem plus its choices' own tokens.
     """
 
     def __init__(
@@ -176,10 +179,6 @@ class ClozeMultipleChoiceTask(MultipleChoiceTask):
         input_ids, attention_mask = self.left_pad([row for it in items for row in it.rows])
         slots = [q * self.num_classes + k for q, it in enumerate(items) for k in range(it.num_choices)]
         cuts = [shared_prefix_length(it.rows, it.choice_lengths) for it in items]
-        prefix_ids, prefix_mask = self.left_pad([it.rows[0][:cut] for it, cut in zip(items, cuts, strict=True)])
-        suffix_ids, suffix_mask = self.left_pad(
-            [row[cut:] for it, cut in zip(items, cuts, strict=True) for row in it.rows]
-        )
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -188,18 +187,35 @@ class ClozeMultipleChoiceTask(MultipleChoiceTask):
             "labels": torch.tensor([it.label for it in items]),
             "num_choices": torch.tensor([it.num_choices for it in items]),
             "index": torch.tensor([it.index for it in items]),
-            "prefix_ids": prefix_ids,
-            "prefix_mask": prefix_mask,
-            "suffix_ids": suffix_ids,
-            "suffix_mask": suffix_mask,
+            **self.pack(items, cuts),
         }
 
-    def left_pad(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """As the letter task's, but a batch of empty rows (no shared prefix anywhere) is one padded column."""
-        if any(rows):
-            return super().left_pad(rows)
-        padding = torch.full((len(rows), 1), self.tokenizer.pad_token_id, dtype=torch.long)
-        return padding, torch.zeros_like(padding)
+    def pack(self, items: Sequence[EncodedClozeExample], cuts: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Each question as one sequence: its shared prefix, then every row's remainder (right padded).
+
+        ``packed_segments`` says what each position is (-1 padding, 0 prefix, k + 1 the remainder of
+        row k), ``packed_positions`` its position in its own row, ``packed_ends`` the index of each
+        row's last token (-1 where the question has fewer choices than the widest in the batch).
+        """
+        width = max(cut + sum(len(row) - cut for row in it.rows) for it, cut in zip(items, cuts, strict=True))
+        most = max(it.num_choices for it in items)
+        ids = torch.full((len(items), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        segments = torch.full((len(items), width), -1, dtype=torch.long)
+        positions = torch.zeros((len(items), width), dtype=torch.long)
+        ends = torch.full((len(items), most), -1, dtype=torch.long)
+        for q, (it, cut) in enumerate(zip(items, cuts, strict=True)):
+            ids[q, :cut] = torch.tensor(it.rows[0][:cut], dtype=torch.long)
+            segments[q, :cut] = 0
+            positions[q, :cut] = torch.arange(cut)
+            start = cut
+            for k, row in enumerate(it.rows):
+                rest = row[cut:]
+                ids[q, start : start + len(rest)] = torch.tensor(rest, dtype=torch.long)
+                segments[q, start : start + len(rest)] = k + 1
+                positions[q, start : start + len(rest)] = torch.arange(cut, cut + len(rest))
+                start += len(rest)
+                ends[q, k] = start - 1
+        return {"packed_ids": ids, "packed_segments": segments, "packed_positions": positions, "packed_ends": ends}
 
     def class_logits(self, model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 1) -> torch.Tensor:
         """Mean choice-token log-probabilities [repeats * B, C], -inf for absent choices."""
@@ -220,40 +236,40 @@ class ClozeMultipleChoiceTask(MultipleChoiceTask):
         return self._choice_logits(output.logits, input_ids, batch, repeats)
 
     def shared_prefix_logits(self, model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 1) -> torch.Tensor:
-        """Class logits with each question's shared prefix run once (per stacked draw), its rows from the cache."""
-        prefix_ids, prefix_mask = batch["prefix_ids"], batch["prefix_mask"]
-        suffix_ids, suffix_mask = batch["suffix_ids"], batch["suffix_mask"]
+        """Class logits with each question as one packed sequence (:meth:`pack`): a row's remainder attends
+        to the shared prefix and to itself, so the stem runs once and one forward call serves every choice."""
+        ids, segments = batch["packed_ids"], batch["packed_segments"]
+        positions, ends = batch["packed_positions"], batch["packed_ends"]
         if repeats > 1:
-            prefix_ids, prefix_mask = prefix_ids.repeat(repeats, 1), prefix_mask.repeat(repeats, 1)
-            suffix_ids, suffix_mask = suffix_ids.repeat(repeats, 1), suffix_mask.repeat(repeats, 1)
-        # a question without a shared prefix runs one padding token that none of its rows attends to
-        run_mask = prefix_mask.clone()
-        run_mask[:, -1] = 1
-        cache = DynamicCache()
-        model(
-            input_ids=prefix_ids,
-            attention_mask=run_mask,
-            position_ids=(prefix_mask.cumsum(-1) - 1).clamp_min(0),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        counts = batch["num_choices"].to(prefix_ids.device)
-        questions = counts.numel()
-        owner = torch.repeat_interleave(torch.arange(questions, device=prefix_ids.device), counts)
-        owner = (owner.unsqueeze(0) + questions * torch.arange(repeats, device=owner.device).unsqueeze(1)).flatten()
-        cache.batch_select_indices(owner)
-        span = int(batch["choice_lengths"].max())
-        position_ids = prefix_mask.sum(-1)[owner].unsqueeze(1) + (suffix_mask.cumsum(-1) - 1).clamp_min(0)
-        output = model(
-            input_ids=suffix_ids,
-            attention_mask=torch.cat([prefix_mask[owner], suffix_mask], dim=-1),
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=span + 1,
-        )
-        return self._choice_logits(output.logits, suffix_ids, batch, repeats)
+            ids, segments = ids.repeat(repeats, 1), segments.repeat(repeats, 1)
+            positions, ends = positions.repeat(repeats, 1), ends.repeat(repeats, 1)
+        device = model.get_input_embeddings().weight.device
+        ids, segments, positions, ends = ids.to(device), segments.to(device), positions.to(device), ends.to(device)
+        width = ids.shape[1]
+        query, key = segments.unsqueeze(2), segments.unsqueeze(1)
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        allowed = causal & (key >= 0) & (query >= 0) & ((key == 0) | (key == query))
+        allowed |= torch.eye(width, dtype=torch.bool, device=device)  # padding attends to itself (no empty row)
+        mask = allowed.unsqueeze(1)
+        if getattr(model.config, "_attn_implementation", "sdpa") == "eager":
+            dtype = model.get_input_embeddings().weight.dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+        # the vocabulary projection runs only where a position predicts a choice token: row k's last n_k
+        # positions but its last (whose logits would predict the next row's first token)
+        present = ends >= 0
+        lengths = torch.zeros(ends.shape, dtype=torch.long, device=device)
+        lengths[present] = batch["choice_lengths"].to(device).repeat(repeats)
+        row_index = torch.full(ends.shape, -1, dtype=torch.long, device=device)
+        row_index[present] = torch.arange(int(present.sum()), device=device)
+        column = torch.arange(width, device=device).view(1, 1, width)
+        scored = (column >= (ends - lengths).unsqueeze(-1)) & (column < ends.unsqueeze(-1)) & present.unsqueeze(-1)
+        keep = scored.any(1)  # [rows, width]; each kept position belongs to one choice row
+        owner = (scored.long() * (row_index.unsqueeze(-1) + 1)).sum(1)[keep] - 1
+        output = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
+        targets = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)[keep]  # the token each kept position predicts
+        log_probs = output.logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        totals = torch.zeros(int(present.sum()), device=device).index_add(0, owner, log_probs)
+        return self._place(totals / lengths[present], batch, repeats)
 
     def _choice_logits(
         self, logits: torch.Tensor, input_ids: torch.Tensor, batch: dict[str, torch.Tensor], repeats: int
@@ -266,12 +282,15 @@ class ClozeMultipleChoiceTask(MultipleChoiceTask):
         token_scores = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         in_choice = torch.arange(span, device=input_ids.device).unsqueeze(0) >= (span - lengths).unsqueeze(1)
         scores = (token_scores * in_choice).sum(-1) / lengths
+        return self._place(scores, batch, repeats)
+
+    def _place(self, scores: torch.Tensor, batch: dict[str, torch.Tensor], repeats: int) -> torch.Tensor:
+        """Row scores (present choices, question-major, stacked ``repeats`` times) as class logits [repeats * B, C]."""
+        device = scores.device
         questions = batch["labels"].shape[0]
-        slots = batch["slots"].to(input_ids.device)
-        offsets = torch.arange(repeats, device=input_ids.device).repeat_interleave(slots.numel()) * (
-            questions * self.num_classes
-        )
-        scores_all = torch.full((repeats * questions * self.num_classes,), float("-inf"), device=input_ids.device)
+        slots = batch["slots"].to(device)
+        offsets = torch.arange(repeats, device=device).repeat_interleave(slots.numel()) * (questions * self.num_classes)
+        scores_all = torch.full((repeats * questions * self.num_classes,), float("-inf"), device=device)
         scores_all = scores_all.index_put((slots.repeat(repeats) + offsets,), scores)
         return scores_all.view(repeats * questions, self.num_classes)
 
