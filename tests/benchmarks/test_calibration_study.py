@@ -1,0 +1,65 @@
+"""benchmarks/calibration_study.py: the paired comparisons behind the report's target lines."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "calibration_study.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("calibration_study", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def predictions(confidence: float, labels: list[int], correct: list[bool]) -> dict:
+    """Two-class predictions that put ``confidence`` on the predicted class."""
+    probs = []
+    for label, right in zip(labels, correct, strict=True):
+        predicted = label if right else 1 - label
+        row = [1 - confidence, 1 - confidence]
+        row[predicted] = confidence
+        probs.append(row)
+    return {"ids": list(range(len(labels))), "labels": labels, "probs": probs}
+
+
+@pytest.fixture
+def store(study):
+    """300 examples, 60 % answered right by every method: 'calibrated' says 0.6, the others 0.95."""
+    rng = random.Random(0)
+    labels = [rng.randrange(2) for _ in range(300)]
+    correct = [i % 5 < 3 for i in range(300)]
+    return {
+        study.run_key("b", "d", "laplace", 1): predictions(0.6, labels, correct),
+        study.run_key("b", "d", "temperature", 1): predictions(0.95, labels, correct),
+        study.run_key("b", "d", "mle", 1): predictions(0.95, labels, correct),
+    }
+
+
+def test_the_paired_interval_against_temperature_has_the_right_sign(study, store):
+    better = study.paired_bootstrap(store, "b", "d", "laplace", [1], 200, reference="temperature")
+    point, low, high = better["ece"]
+    assert point == pytest.approx(0.0 - 0.35, abs=1e-6)  # ECE 0 against 0.35
+    assert low <= point <= high < 0
+    worse = study.paired_bootstrap(store, "b", "d", "temperature", [1], 200, reference="laplace")
+    assert worse["ece"][0] == pytest.approx(0.35, abs=1e-6) and worse["ece"][1] > 0
+    assert study.paired_bootstrap(store, "b", "d", "laplace", [1], 200)["ece"] == better["ece"]  # MLE by default
+
+
+def test_the_target_line_names_the_best_bayesian_method_with_its_interval(study, store):
+    groups = {
+        ("b", "d", method): [{"seed": 1, "acc": 0.6, "ece": ece, "nll": nll}]
+        for method, ece, nll in (("mle", 0.35, 1.2), ("laplace", 0.0, 0.67), ("temperature", 0.35, 1.2))
+    }
+    lines = study.targets("b", ["d"], groups, ["mle", "laplace", "temperature"], store, 100)
+    assert "best Bayesian laplace ECE 0.000 vs temperature 0.350 (ΔECE **-0.350** [" in lines[1]
+    assert lines[-1].endswith("the best Bayesian method beats temperature on 1")
