@@ -215,7 +215,29 @@ class ClozeMultipleChoiceTask(MultipleChoiceTask):
                 positions[q, start : start + len(rest)] = torch.arange(cut, cut + len(rest))
                 start += len(rest)
                 ends[q, k] = start - 1
-        return {"packed_ids": ids, "packed_segments": segments, "packed_positions": positions, "packed_ends": ends}
+        # attention: a remainder sees the prefix and itself; padding sees itself only (no empty softmax row)
+        query, key = segments.unsqueeze(2), segments.unsqueeze(1)
+        allowed = torch.ones(width, width, dtype=torch.bool).tril() & (key >= 0) & (query >= 0)
+        allowed = (allowed & ((key == 0) | (key == query))) | torch.eye(width, dtype=torch.bool)
+        # scored positions: row k's last n_k positions but its very last (that one predicts the next row)
+        present = ends >= 0
+        lengths = torch.zeros(ends.shape, dtype=torch.long)
+        lengths[present] = torch.tensor([n for it in items for n in it.choice_lengths])
+        row_index = torch.full(ends.shape, -1, dtype=torch.long)
+        row_index[present] = torch.arange(int(present.sum()))
+        column = torch.arange(width).view(1, 1, width)
+        scored = (column >= (ends - lengths).unsqueeze(-1)) & (column < ends.unsqueeze(-1)) & present.unsqueeze(-1)
+        keep = scored.any(1)  # blocks are in row order, so (question, row, position) order is (question, position)
+        return {
+            "packed_ids": ids,
+            "packed_segments": segments,
+            "packed_positions": positions,
+            "packed_ends": ends,
+            "packed_mask": allowed,
+            "packed_keep": keep,
+            "packed_owner": row_index.unsqueeze(-1).expand_as(scored)[scored],
+            "packed_targets": torch.cat([ids[:, 1:], ids[:, :1]], dim=1)[keep],
+        }
 
     def class_logits(self, model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 1) -> torch.Tensor:
         """Mean choice-token log-probabilities [repeats * B, C], -inf for absent choices."""
@@ -238,38 +260,24 @@ class ClozeMultipleChoiceTask(MultipleChoiceTask):
     def shared_prefix_logits(self, model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 1) -> torch.Tensor:
         """Class logits with each question as one packed sequence (:meth:`pack`): a row's remainder attends
         to the shared prefix and to itself, so the stem runs once and one forward call serves every choice."""
-        ids, segments = batch["packed_ids"], batch["packed_segments"]
-        positions, ends = batch["packed_positions"], batch["packed_ends"]
-        if repeats > 1:
-            ids, segments = ids.repeat(repeats, 1), segments.repeat(repeats, 1)
-            positions, ends = positions.repeat(repeats, 1), ends.repeat(repeats, 1)
         device = model.get_input_embeddings().weight.device
-        ids, segments, positions, ends = ids.to(device), segments.to(device), positions.to(device), ends.to(device)
-        width = ids.shape[1]
-        query, key = segments.unsqueeze(2), segments.unsqueeze(1)
-        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-        allowed = causal & (key >= 0) & (query >= 0) & ((key == 0) | (key == query))
-        allowed |= torch.eye(width, dtype=torch.bool, device=device)  # padding attends to itself (no empty row)
-        mask = allowed.unsqueeze(1)
+        ids, positions = batch["packed_ids"].to(device), batch["packed_positions"].to(device)
+        mask, keep = batch["packed_mask"].to(device), batch["packed_keep"].to(device)
+        owner, targets = batch["packed_owner"].to(device), batch["packed_targets"].to(device)
+        rows = batch["choice_lengths"].numel()
+        if repeats > 1:
+            ids, positions = ids.repeat(repeats, 1), positions.repeat(repeats, 1)
+            mask, keep, targets = mask.repeat(repeats, 1, 1), keep.repeat(repeats, 1), targets.repeat(repeats)
+            owner = (owner.unsqueeze(0) + rows * torch.arange(repeats, device=device).unsqueeze(1)).flatten()
+        mask = mask.unsqueeze(1)
         if getattr(model.config, "_attn_implementation", "sdpa") == "eager":
             dtype = model.get_input_embeddings().weight.dtype
             mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
-        # the vocabulary projection runs only where a position predicts a choice token: row k's last n_k
-        # positions but its last (whose logits would predict the next row's first token)
-        present = ends >= 0
-        lengths = torch.zeros(ends.shape, dtype=torch.long, device=device)
-        lengths[present] = batch["choice_lengths"].to(device).repeat(repeats)
-        row_index = torch.full(ends.shape, -1, dtype=torch.long, device=device)
-        row_index[present] = torch.arange(int(present.sum()), device=device)
-        column = torch.arange(width, device=device).view(1, 1, width)
-        scored = (column >= (ends - lengths).unsqueeze(-1)) & (column < ends.unsqueeze(-1)) & present.unsqueeze(-1)
-        keep = scored.any(1)  # [rows, width]; each kept position belongs to one choice row
-        owner = (scored.long() * (row_index.unsqueeze(-1) + 1)).sum(1)[keep] - 1
         output = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
-        targets = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)[keep]  # the token each kept position predicts
         log_probs = output.logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        totals = torch.zeros(int(present.sum()), device=device).index_add(0, owner, log_probs)
-        return self._place(totals / lengths[present], batch, repeats)
+        totals = torch.zeros(repeats * rows, device=device).index_add(0, owner, log_probs)
+        lengths = batch["choice_lengths"].to(device).repeat(repeats)
+        return self._place(totals / lengths, batch, repeats)
 
     def _choice_logits(
         self, logits: torch.Tensor, input_ids: torch.Tensor, batch: dict[str, torch.Tensor], repeats: int
