@@ -28,7 +28,8 @@ class KLSchedule(StrEnum):
 
     - ``cyclic``: the BLoB reference schedule pi_k = 2^k / (2^(M+1) - 1), k = step mod M
       (k = M at the end of a cycle): the KL is applied once per period M, mostly at its end.
-    - ``uniform``: pi = 1/M at every step (the textbook minibatch ELBO when M = batches per epoch).
+    - ``uniform``: pi = 1/M at every step. With M = batches per epoch this is the minibatch ELBO of a
+      summed batch NLL; the tasks' NLL is the batch mean, so the KL weighs batch-size times KL / N.
     """
 
     CYCLIC = "cyclic"
