@@ -18,7 +18,9 @@ recorded, and re-running a killed ``compare`` resumes its unfinished runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import gzip
 import json
 import os
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,12 +183,39 @@ def run_key(backbone: str, dataset: str, method: str, seed: int) -> str:
     return f"{backbone}/{dataset}/{method}/{seed}"
 
 
-def record_unit(unit: Unit, work: Path, results_path: Path, device: str) -> list[str]:
-    """Record every finished run of ``unit`` not yet in the results; returns the methods recorded now."""
-    recorded = []
+@contextlib.contextmanager
+def results_lock(results_path: Path) -> Iterator[None]:
+    """Hold the results of ``results_path`` for one read-modify-write, against threads and other processes.
+
+    Two ``run`` processes sharing one ``--out`` would otherwise lose each other's records. The lock is an
+    ``flock`` on the results' folder, so no lock file is left behind.
+    """
+    results_path.parent.mkdir(parents=True, exist_ok=True)
     with _lock:
+        folder = os.open(results_path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(folder)  # closing the descriptor releases the flock
+
+
+def update_results(results_path: Path, change: Callable[[dict[str, Any], dict[str, Any]], bool]) -> None:
+    """Apply ``change(results, predictions_store)`` under the lock; both files are rewritten if it returns True."""
+    with results_lock(results_path):
         results = load_results(results_path)
         store = load_predictions_store(predictions_path(results_path))
+        if change(results, store):
+            results["runs"].sort(key=lambda r: (r["backbone"], r["dataset"], r["method"], r["seed"]))
+            save_predictions_store(predictions_path(results_path), store)
+            write_json_atomic(results_path, results)
+
+
+def record_unit(unit: Unit, work: Path, results_path: Path, device: str) -> list[str]:
+    """Record every finished run of ``unit`` not yet in the results; returns the methods recorded now."""
+    recorded: list[str] = []
+
+    def add(results: dict[str, Any], store: dict[str, Any]) -> bool:
         have = {run_key(r["backbone"], r["dataset"], r["method"], r["seed"]) for r in results["runs"]}
         for method in unit.methods:
             key = run_key(unit.backbone, unit.dataset, method, unit.seed)
@@ -197,10 +226,9 @@ def record_unit(unit: Unit, work: Path, results_path: Path, device: str) -> list
             results["runs"].append(record)
             store[key] = predictions
             recorded.append(method)
-        if recorded:
-            results["runs"].sort(key=lambda r: (r["backbone"], r["dataset"], r["method"], r["seed"]))
-            save_predictions_store(predictions_path(results_path), store)
-            write_json_atomic(results_path, results)
+        return bool(recorded)
+
+    update_results(results_path, add)
     return recorded
 
 
@@ -251,22 +279,25 @@ def device_name() -> str:
 
 def merge(sources: list[Path], out: Path) -> None:
     """Add every run of ``sources`` missing from ``out`` (with its predictions); a recorded run is kept."""
-    results, store = load_results(out), load_predictions_store(predictions_path(out))
-    have = {run_key(r["backbone"], r["dataset"], r["method"], r["seed"]) for r in results["runs"]}
-    for source in sources:
-        added = 0
-        theirs = load_predictions_store(predictions_path(source))
-        for run in load_results(source)["runs"]:
-            key = run_key(run["backbone"], run["dataset"], run["method"], run["seed"])
-            if key not in have and key in theirs:
-                results["runs"].append(run)
-                store[key] = theirs[key]
-                have.add(key)
-                added += 1
-        print(f"{source}: {added} runs added")
-    results["runs"].sort(key=lambda r: (r["backbone"], r["dataset"], r["method"], r["seed"]))
-    save_predictions_store(predictions_path(out), store)
-    write_json_atomic(out, results)
+
+    def add(results: dict[str, Any], store: dict[str, Any]) -> bool:
+        have = {run_key(r["backbone"], r["dataset"], r["method"], r["seed"]) for r in results["runs"]}
+        total = 0
+        for source in sources:
+            added = 0
+            theirs = load_predictions_store(predictions_path(source))
+            for run in load_results(source)["runs"]:
+                key = run_key(run["backbone"], run["dataset"], run["method"], run["seed"])
+                if key not in have and key in theirs:
+                    results["runs"].append(run)
+                    store[key] = theirs[key]
+                    have.add(key)
+                    added += 1
+            print(f"{source}: {added} runs added")
+            total += added
+        return total > 0
+
+    update_results(out, add)
 
 
 # ----------------------------------------------------------------------------- run

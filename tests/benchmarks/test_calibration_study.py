@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -63,3 +64,52 @@ def test_the_target_line_names_the_best_bayesian_method_with_its_interval(study,
     lines = study.targets("b", ["d"], groups, ["mle", "laplace", "temperature"], store, 100)
     assert "best Bayesian laplace ECE 0.000 vs temperature 0.350 (ΔECE **-0.350** [" in lines[1]
     assert lines[-1].endswith("the best Bayesian method beats temperature on 1")
+
+
+WRITER = """
+import importlib.util, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("calibration_study", {script!r})
+study = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = study
+spec.loader.exec_module(study)
+path, name = Path(sys.argv[1]), sys.argv[2]
+print("ready", flush=True)
+sys.stdin.readline()
+for seed in range(40):
+    record = {{"backbone": name, "dataset": "d", "method": "mle", "seed": seed}}
+    def add(results, store, record=record):
+        results["runs"].append(record)
+        store[study.run_key(name, "d", "mle", seed)] = {{"ids": [seed]}}
+        return True
+    study.update_results(path, add)
+"""
+
+
+def test_two_processes_recording_into_one_results_file_lose_nothing(study, tmp_path):
+    """Each process reads, appends and rewrites 40 times at once; the lock keeps every record of both."""
+    results = tmp_path / "study.json"
+    source = WRITER.format(script=str(SCRIPT))
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", source, str(results), name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("first", "second")
+    ]
+    for writer in writers:  # both imported: start them together
+        assert writer.stdout.readline().strip() == "ready"
+    for writer in writers:
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+    for writer in writers:
+        writer.communicate(timeout=120)
+        assert writer.returncode == 0
+    runs = study.load_results(results)["runs"]
+    assert sorted((r["backbone"], r["seed"]) for r in runs) == sorted(
+        (name, seed) for name in ("first", "second") for seed in range(40)
+    )
+    assert len(study.load_predictions_store(study.predictions_path(results))) == 80
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.json", "study_predictions.json.gz"]
