@@ -344,6 +344,29 @@ def test_eval_every_leaves_training_unchanged(tmp_path, tiny_llama_dir, shared_d
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
+def test_eval_every_writes_the_log_before_the_next_checkpoint(monkeypatch, tmp_path, tiny_llama_dir, shared_data):
+    """Each held-out evaluation reaches train_log.jsonl at once: a run that stops before its first checkpoint
+    (a NaN injected at step 5) has already written the steps up to its last evaluation."""
+    from bayespeft.errors import NumericalError
+
+    losses = []
+
+    def nan_at_step_5(*args, **kwargs):
+        nll, scores = batch_loss(*args, **kwargs)
+        losses.append(nll)
+        return (nll * float("nan") if len(losses) == 5 else nll), scores
+
+    monkeypatch.setattr("bayespeft.training.batch_loss", nan_at_step_5)
+    extra = {"train.eval_every": "2", "train.eval_n_samples": "0", "train.checkpoint_every": "100"}
+    run = tmp_path / "run"
+    with pytest.raises(NumericalError, match="step 5"):
+        Trainer(tiny_config(tiny_llama_dir, shared_data, "mle", **extra), run, progress=False).run_training()
+    assert not (run / "checkpoints").is_dir() or not any((run / "checkpoints").iterdir())
+    records = log_records(run)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if "eval_nll" in r] == [2, 4]
+
+
 def test_early_stopping_keeps_the_best_heldout_weights(tmp_path, tiny_llama_dir, shared_data):
     """A learning rate that wrecks the model: training stops once the held-out NLL stops falling, and the
     final evaluation (posterior mean) is that of the best evaluated step."""

@@ -431,7 +431,8 @@ class Trainer:
                 "step_time_s": step_times[-1],
             }
             stop = False
-            if train.eval_every and (step + 1) % train.eval_every == 0:
+            evaluated = bool(train.eval_every) and (step + 1) % train.eval_every == 0
+            if evaluated:
                 scores = self._evaluate_heldout(model, method, task, heldout)
                 record.update({f"eval_{name}": scores[name] for name in HELDOUT_SCORES})
                 if watch is not None:
@@ -445,6 +446,8 @@ class Trainer:
             if (step + 1) % train.checkpoint_every == 0 or step + 1 == end_step or stop:
                 self._flush_log(log_lines)
                 self._checkpoint(model, optimization, step + 1, epoch)
+            elif evaluated:  # held-out curves can be followed live; a resume truncates past its checkpoint
+                self._flush_log(log_lines)
             if stop:
                 logger.info(
                     "early stopping at step %d: held-out NLL has not improved for %d evaluations (best at step %d)",
