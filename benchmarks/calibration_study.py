@@ -183,6 +183,11 @@ def run_key(backbone: str, dataset: str, method: str, seed: int) -> str:
     return f"{backbone}/{dataset}/{method}/{seed}"
 
 
+def record_key(record: dict[str, Any]) -> str:
+    """The run key of a recorded run."""
+    return run_key(record["backbone"], record["dataset"], record["method"], record["seed"])
+
+
 @contextlib.contextmanager
 def results_lock(results_path: Path) -> Iterator[None]:
     """Hold the results of ``results_path`` for one read-modify-write, against threads and other processes.
@@ -216,7 +221,7 @@ def record_unit(unit: Unit, work: Path, results_path: Path, device: str) -> list
     recorded: list[str] = []
 
     def add(results: dict[str, Any], store: dict[str, Any]) -> bool:
-        have = {run_key(r["backbone"], r["dataset"], r["method"], r["seed"]) for r in results["runs"]}
+        have = {record_key(r) for r in results["runs"]}
         for method in unit.methods:
             key = run_key(unit.backbone, unit.dataset, method, unit.seed)
             run_dir = unit_dir(unit, work) / "runs" / f"method={method}__data={unit.dataset}__seed={unit.seed}"
@@ -281,13 +286,13 @@ def merge(sources: list[Path], out: Path) -> None:
     """Add every run of ``sources`` missing from ``out`` (with its predictions); a recorded run is kept."""
 
     def add(results: dict[str, Any], store: dict[str, Any]) -> bool:
-        have = {run_key(r["backbone"], r["dataset"], r["method"], r["seed"]) for r in results["runs"]}
+        have = {record_key(r) for r in results["runs"]}
         total = 0
         for source in sources:
             added = 0
             theirs = load_predictions_store(predictions_path(source))
             for run in load_results(source)["runs"]:
-                key = run_key(run["backbone"], run["dataset"], run["method"], run["seed"])
+                key = record_key(run)
                 if key not in have and key in theirs:
                     results["runs"].append(run)
                     store[key] = theirs[key]
@@ -306,7 +311,7 @@ def merge(sources: list[Path], out: Path) -> None:
 def run_units(units: list[Unit], args: argparse.Namespace) -> None:
     work, results_path, device = Path(args.work_dir), Path(args.out), device_name()
     results = load_results(results_path)
-    done = {run_key(r["backbone"], r["dataset"], r["method"], r["seed"]) for r in results["runs"]}
+    done = {record_key(r) for r in results["runs"]}
     todo = [u for u in units if any(run_key(u.backbone, u.dataset, m, u.seed) not in done for m in u.methods)]
     print(f"{len(units) - len(todo)} of {len(units)} units recorded; running {len(todo)} with {args.jobs} jobs")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
