@@ -319,10 +319,11 @@ class Trainer:
             num_processes=acc.num_processes,
         )
         optimization = method.build_optimization(model, config.train, context)
-        warning = optimization.info.get("kl_schedule_warning")
-        if warning and acc.is_main_process:
-            logger.warning("KL SCHEDULE: %s", warning)
-            warnings.warn(warning, UserWarning, stacklevel=2)
+        for key, label in (("kl_schedule_warning", "KL SCHEDULE"), ("kl_step_warning", "KL STEP")):
+            warning = optimization.info.get(key)
+            if warning and acc.is_main_process:
+                logger.warning("%s: %s", label, warning)
+                warnings.warn(warning, UserWarning, stacklevel=2)
         if acc.is_main_process:  # all input validated: now the run directory may be written
             if self.run != self.target and not self.resume:
                 self.target.clear_staging()  # a rerun that failed or was killed before this one

@@ -82,6 +82,7 @@ def test_summary_healthy_schedule_has_no_warning():
     summary = summarize_schedule(30, 10, KLSchedule.CYCLIC)
     assert not summary.never_applied and not summary.period_exceeds_run
     assert summary.total_weight == pytest.approx(3, abs=0.01)
+    assert summary.max_weight == 2**10 / (2**11 - 1)
     assert summary.warning() is None
     assert summarize_schedule(0, 10, KLSchedule.CYCLIC).warning() is None
     uniform = summarize_schedule(30, 10, KLSchedule.UNIFORM)

@@ -7,8 +7,10 @@ import torch
 from method_helpers import injected, token_ids
 
 from bayespeft.config import TrainConfig
+from bayespeft.enums import KLSchedule
 from bayespeft.methods import TrainingContext
 from bayespeft.methods.blob import KL_STABILIZER, gaussian_kl
+from bayespeft.methods.kl_schedule import kl_weight
 
 CONTEXT = TrainingContext(num_examples=16, batch_size=4, batches_per_epoch=4, total_steps=10)
 TRAIN = TrainConfig(lr=1e-2, warmup_ratio=0.0)
@@ -129,3 +131,26 @@ def test_blob_schedule_info_reports_a_kl_never_applied():
     assert opt.info["kl_period"] > CONTEXT.total_steps
     assert opt.info["kl_period_exceeds_run"] is True
     assert opt.info["kl_schedule_warning"]
+
+
+def test_blob_kl_step_warning_names_the_overshoot_it_predicts():
+    """Above the bound, one SGD KL step at the heaviest pi flips A's means, as the warning says."""
+    assert build_blob_optimization(kl_lr=0.01)[2].info["kl_step_warning"] is None
+    method, model, opt = build_blob_optimization(kl_lr=0.1)
+    message = opt.info["kl_step_warning"]
+    assert message and "method.kl_lr = 0.1" in message and "below 0.0" in message
+    pi = max(kl_weight(step, 4, KLSchedule.CYCLIC) for step in range(1, 5))
+    means = _named(model, "lora_A.")
+    before = {n: p.detach().clone() for n, p in means.items()}
+    kl_opt = opt.optimizers["kl"]
+    (pi * method.kl(model)).backward()
+    kl_opt.step()
+    factor = 1 - 0.1 * pi / method.config.beta**2
+    assert factor < 0 and f"{factor:.3g}" in message
+    for name, p in means.items():
+        torch.testing.assert_close(p.detach(), before[name] * factor, rtol=1e-4, atol=1e-7)
+
+
+def build_blob_optimization(**overrides):
+    method, model = injected("blob", kl_period="epoch", **overrides)
+    return method, model, method.build_optimization(model, TRAIN, CONTEXT)

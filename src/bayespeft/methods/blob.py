@@ -133,6 +133,34 @@ def summed_kl(
     return divergence(means, posterior_std(rhos, cfg.parameterization), cfg.beta)
 
 
+def kl_step_warning(cfg: BlobConfig, max_weight: float) -> str | None:
+    """Why the split KL step (SGD at ``kl_lr``) would overshoot at the schedule's heaviest step, or None.
+
+    The Gaussian KL is quadratic in A's means, so one SGD step multiplies them by
+    1 - kl_lr * pi / beta^2: at or below 0 they are zeroed or flipped in sign at the end of every
+    KL period instead of being shrunk towards the prior. rho's step is stable while
+    kl_lr * pi * c < 2, with c the KL's curvature in rho at its minimum (std = beta).
+    """
+    if max_weight <= 0:
+        return None
+    beta = cfg.beta
+    if cfg.parameterization == StdParameterization.SQUARE:
+        curvature = 8 / beta  # d2/drho2 of -log rho^2 + rho^4 / (2 beta^2) at rho^2 = beta
+    else:
+        slope = 1 - math.exp(-beta)  # softplus'(rho) where softplus(rho) = beta
+        curvature = 2 * slope**2 / beta**2
+    limit = min(beta**2 / max_weight, 2 / (max_weight * curvature))
+    if cfg.kl_lr < limit:
+        return None
+    return (
+        f"method.kl_lr = {cfg.kl_lr:g} is too large for beta = {beta:g}: at the KL schedule's heaviest step "
+        f"(pi = {max_weight:.3g}) the SGD KL step multiplies A's means by "
+        f"{1 - cfg.kl_lr * max_weight / beta**2:.3g} and rho's distance to its optimum by "
+        f"{1 - cfg.kl_lr * max_weight * curvature:.3g}, overshooting the prior instead of shrinking towards it; "
+        f"keep kl_lr below {limit:.3g} (or use method.optimization=elbo)"
+    )
+
+
 def laplace_from_uniform(uniform: torch.Tensor) -> torch.Tensor:
     """Unit Laplace noise from u in (-1 + eps, 1), as torch.distributions.Laplace (|u| < 1 keeps it finite)."""
     return -torch.sign(uniform) * torch.log1p(-uniform.abs())
@@ -253,6 +281,7 @@ class BlobLora(Method):
             "kl_never_applied": summary.never_applied,
             "kl_period_exceeds_run": summary.period_exceeds_run,
             "kl_schedule_warning": summary.warning(),
+            "kl_step_warning": None,
         }
         adamw = torch.optim.AdamW
         if cfg.optimization == BlobOptimization.ELBO:
@@ -263,6 +292,8 @@ class BlobLora(Method):
         else:
             optimizer = adamw(lora_params, lr=train.lr, eps=train.adam_eps, weight_decay=train.weight_decay)
             kl_optimizer = torch.optim.SGD(mean_params + rho_params, lr=cfg.kl_lr)
+            if not self.laplace:  # the bound is derived for the Gaussian KL
+                info["kl_step_warning"] = kl_step_warning(cfg, summary.max_weight)
             optimizers = {"main": optimizer, "kl": kl_optimizer}
         schedulers = {k: linear_schedule(o, context.total_steps, train.warmup_ratio) for k, o in optimizers.items()}
         return BlobOptimizationRule(

@@ -49,6 +49,7 @@ class KLScheduleSummary:
     period: int
     total_steps: int
     total_weight: float  # sum of pi over the run: ~ the number of full KL applications
+    max_weight: float  # the heaviest single step's pi (~1/2 at the end of a cyclic period)
     steps_with_zero_weight: int
     never_applied: bool  # every step's weight underflows to exactly 0
     period_exceeds_run: bool  # M > T: not even one full cycle, the KL is barely applied
@@ -80,6 +81,7 @@ def summarize_schedule(total_steps: int, period: int, schedule: KLSchedule) -> K
         period=period,
         total_steps=total_steps,
         total_weight=float(sum(weights)),
+        max_weight=max(weights, default=0.0),
         steps_with_zero_weight=zero_steps,
         never_applied=total_steps > 0 and zero_steps == total_steps,
         period_exceeds_run=period > total_steps,
