@@ -292,7 +292,7 @@ class BlobLora(Method):
         else:
             optimizer = adamw(lora_params, lr=train.lr, eps=train.adam_eps, weight_decay=train.weight_decay)
             kl_optimizer = torch.optim.SGD(mean_params + rho_params, lr=cfg.kl_lr)
-            if not self.laplace:  # the bound is derived for the Gaussian KL
+            if isinstance(cfg, BlobConfig) and not self.laplace:  # the bound is for the Gaussian N(0, beta^2) prior
                 info["kl_step_warning"] = kl_step_warning(cfg, summary.max_weight)
             optimizers = {"main": optimizer, "kl": kl_optimizer}
         schedulers = {k: linear_schedule(o, context.total_steps, train.warmup_ratio) for k, o in optimizers.items()}
