@@ -403,6 +403,7 @@ def stored_probs(rows: list[list[float]]) -> torch.Tensor:
 
 
 BEGIN, END = "<!-- calibration-study tables: begin -->", "<!-- calibration-study tables: end -->"
+PROBES_BEGIN, PROBES_END = "<!-- calibration-study probes: begin -->", "<!-- calibration-study probes: end -->"
 
 
 def report(args: argparse.Namespace) -> None:
@@ -463,17 +464,23 @@ def report(args: argparse.Namespace) -> None:
     text = "\n".join(lines)
     print(text)
     if args.markdown:
-        splice(Path(args.markdown), text)
+        splice(Path(args.markdown), text, BEGIN, END)
+    if args.probes:
+        probes = json.loads(Path(args.probes).read_text(encoding="utf-8"))["probes"]
+        probe_text = "\n".join(probe_targets(probes, groups))
+        print(probe_text)
+        if args.markdown:
+            splice(Path(args.markdown), probe_text, PROBES_BEGIN, PROBES_END)
 
 
-def splice(path: Path, text: str) -> None:
-    """Replace the text between the BEGIN and END markers of ``path`` (both must be there)."""
+def splice(path: Path, text: str, begin: str, end: str) -> None:
+    """Replace the text between the ``begin`` and ``end`` markers of ``path`` (both must be there)."""
     document = path.read_text(encoding="utf-8")
-    if BEGIN not in document or END not in document:
-        raise SystemExit(f"--markdown: {path} lacks the markers {BEGIN} ... {END}")
-    head, rest = document.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    path.write_text(f"{head}{BEGIN}\n{text.strip()}\n{END}{tail}", encoding="utf-8")
+    if begin not in document or end not in document:
+        raise SystemExit(f"--markdown: {path} lacks the markers {begin} ... {end}")
+    head, rest = document.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{begin}\n{text.strip()}\n{end}{tail}", encoding="utf-8")
 
 
 def matthews(predictions: dict[str, Any]) -> float:
@@ -509,9 +516,7 @@ def targets(
         mean = {m: {k: fmean(r[k] for r in groups[(backbone, dataset, m)]) for k in ("acc", "ece", "nll")}
                 for m in methods if (backbone, dataset, m) in groups}  # fmt: skip
         if "blob" in mean:
-            ece, nll = mean["blob"]["ece"] / mean[REFERENCE]["ece"], mean["blob"]["nll"] / mean[REFERENCE]["nll"]
-            dacc = mean["blob"]["acc"] - mean[REFERENCE]["acc"]
-            ok = ece <= 0.5 and nll <= 0.9 and dacc >= -0.01
+            ece, nll, dacc, ok = blob_target(mean["blob"], mean[REFERENCE])
             hits += ok
             line = f"- {dataset}: ECE x{ece:.2f}, NLL x{nll:.2f}, ACC {dacc:+.3f} -> {'met' if ok else 'not met'}"
         else:
@@ -532,6 +537,53 @@ def targets(
         out.append(line)
     out.append(f"- BLoB target met on {hits} of {len(datasets)}; the best Bayesian method beats temperature on {wins}")
     return out
+
+
+def blob_target(blob: dict[str, float], mle: dict[str, float]) -> tuple[float, float, float, bool]:
+    """ECE and NLL ratios to MLE, the ACC difference, and whether issue 12's BLoB target holds."""
+    ece, nll, dacc = blob["ece"] / mle["ece"], blob["nll"] / mle["nll"], blob["acc"] - mle["acc"]
+    return ece, nll, dacc, ece <= 0.5 and nll <= 0.9 and dacc >= -0.01
+
+
+def probe_targets(probes: list[dict[str, Any]], groups: dict) -> list[str]:
+    """The BLoB target for each probed setting, dataset by dataset, against MLE of the same seed: the
+    probe's own MLE where it ran one under the same overrides, else the grid's; the grid's BLoB at the
+    package defaults is listed first for the same datasets and seeds."""
+    settings: dict[tuple[str, str], list[dict]] = {}
+    for record in probes:
+        settings.setdefault((record["backbone"], f"`{record['extra']}`"), []).append(record)
+    for backbone in sorted({b for b, _ in settings}):
+        tried = {(r["dataset"], r["seed"]) for (b, _), rs in settings.items() if b == backbone for r in rs}
+        grid = [r for (d, s) in sorted(tried) for r in groups.get((backbone, d, "blob"), []) if r["seed"] == s]
+        settings[(backbone, "package defaults (grid)")] = grid
+    out = [
+        "| backbone | BLoB setting | dataset | seed | ACC | ECE | NLL | ECE / MLE | NLL / MLE | ΔACC | target "
+        "| training NLL, last epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    verdicts = []
+    for (backbone, setting), records in sorted(settings.items(), key=lambda item: (item[0][0], "`" in item[0][1])):
+        met, tried = [], []
+        for blob in sorted((r for r in records if r["method"] == "blob"), key=lambda r: (r["dataset"], r["seed"])):
+            same = [
+                r
+                for r in records
+                if r["method"] == REFERENCE and (r["dataset"], r["seed"]) == (blob["dataset"], blob["seed"])
+            ]
+            grid = [r for r in groups.get((backbone, blob["dataset"], REFERENCE), []) if r["seed"] == blob["seed"]]
+            if not (same or grid):
+                continue
+            ece, nll, dacc, ok = blob_target(blob, (same or grid)[0])
+            tried.append(blob["dataset"])
+            if ok:
+                met.append(blob["dataset"])
+            scores = " | ".join(f"{blob[k]:.3f}" for k in ("acc", "ece", "nll"))
+            out.append(
+                f"| {backbone} | {setting} | {blob['dataset']} | {blob['seed']} | {scores} | x{ece:.2f} | x{nll:.2f} "
+                f"| {dacc:+.3f} | {'met' if ok else 'not met'} | {blob.get('train_nll_last_epoch', float('nan')):.3f} |"
+            )
+        verdicts.append(f"- {backbone}, {setting}: met on {len(met)} of {len(tried)} ({', '.join(met) or 'none'})")
+    return [*out, "", *verdicts]
 
 
 def plot_reliability(store: dict, runs: list[dict], backbone: str, datasets: list[str], path: Path) -> None:
@@ -638,6 +690,9 @@ def parse_args() -> argparse.Namespace:
     report_parser.add_argument("--figures", help="folder for the reliability grid and the held-out NLL curves")
     report_parser.add_argument("--summary", help="also write the table's numbers as JSON here")
     report_parser.add_argument("--markdown", help="replace the tables between the study markers of this file")
+    report_parser.add_argument(
+        "--probes", help="a probes JSON (records with `extra`): also the BLoB target for each probed setting"
+    )
     return parser.parse_args()
 
 

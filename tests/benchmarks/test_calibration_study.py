@@ -66,6 +66,26 @@ def test_the_target_line_names_the_best_bayesian_method_with_its_interval(study,
     assert lines[-1].endswith("the best Bayesian method beats temperature on 1")
 
 
+def test_probe_targets_judge_each_setting_against_the_right_mle(study):
+    """A probe with its own MLE (same overrides) is judged against it, another against the grid's MLE."""
+    grid_mle = {"backbone": "b", "dataset": "d", "method": "mle", "seed": 1, "acc": 0.60, "ece": 0.40, "nll": 2.0}
+    grid_blob = {**grid_mle, "method": "blob", "acc": 0.62, "ece": 0.30, "nll": 1.0}
+    groups = {("b", "d", "mle"): [grid_mle], ("b", "d", "blob"): [grid_blob]}
+    strong = {**grid_blob, "ece": 0.10, "nll": 1.5, "acc": 0.595, "extra": "method.kl_lr=0.05"}
+    strong["train_nll_last_epoch"] = 0.387
+    own_mle = {**grid_mle, "ece": 0.15, "nll": 1.6, "extra": "targets=[q]"}
+    narrow = {**grid_blob, "ece": 0.10, "nll": 1.5, "extra": "targets=[q]"}
+    lines = study.probe_targets([strong, own_mle, narrow], groups)
+    rows = [line for line in lines if line.startswith("| b |")]
+    assert rows[0].startswith("| b | package defaults (grid) | d | 1 | 0.620 | 0.300 | 1.000 | x0.75 | x0.50 |")
+    assert rows[1].endswith(
+        "| `method.kl_lr=0.05` | d | 1 | 0.595 | 0.100 | 1.500 | x0.25 | x0.75 | -0.005 | met | 0.387 |"
+    )
+    assert rows[2].endswith("| x0.67 | x0.94 | +0.020 | not met | nan |")  # against its own MLE, not the grid's
+    assert "- b, `method.kl_lr=0.05`: met on 1 of 1 (d)" in lines
+    assert "- b, package defaults (grid): met on 0 of 1 (none)" in lines
+
+
 WRITER = """
 import importlib.util, sys
 from pathlib import Path
