@@ -553,8 +553,8 @@ def probe_targets(probes: list[dict[str, Any]], groups: dict) -> list[str]:
     for record in probes:
         settings.setdefault((record["backbone"], f"`{record['extra']}`"), []).append(record)
     for backbone in sorted({b for b, _ in settings}):
-        tried = {(r["dataset"], r["seed"]) for (b, _), rs in settings.items() if b == backbone for r in rs}
-        grid = [r for (d, s) in sorted(tried) for r in groups.get((backbone, d, "blob"), []) if r["seed"] == s]
+        probed = {(r["dataset"], r["seed"]) for (b, _), rs in settings.items() if b == backbone for r in rs}
+        grid = [r for (d, s) in sorted(probed) for r in groups.get((backbone, d, "blob"), []) if r["seed"] == s]
         settings[(backbone, "package defaults (grid)")] = grid
     out = [
         "| backbone | BLoB setting | dataset | seed | ACC | ECE | NLL | ECE / MLE | NLL / MLE | ΔACC | target "

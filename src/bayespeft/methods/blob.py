@@ -229,6 +229,7 @@ class BlobLora(Method):
     laplace = False
     std_parameters: tuple[str, ...] = (RHO,)  # posterior std tensors: SGD (split) or AdamW (elbo)
     prior_means: tuple[str, ...] = ("lora_A.",)  # means under the prior: the split KL step moves them
+    kl_step_bounded = True  # the KL is Gaussian to N(0, beta^2), so kl_step_warning's bound applies
 
     def after_inject(self, model: nn.Module) -> None:
         """Give every LoRA linear layer a rho tensor (shape of A) and the Flipout variant."""
@@ -292,7 +293,7 @@ class BlobLora(Method):
         else:
             optimizer = adamw(lora_params, lr=train.lr, eps=train.adam_eps, weight_decay=train.weight_decay)
             kl_optimizer = torch.optim.SGD(mean_params + rho_params, lr=cfg.kl_lr)
-            if isinstance(cfg, BlobConfig) and not self.laplace:  # the bound is for the Gaussian N(0, beta^2) prior
+            if self.kl_step_bounded:
                 info["kl_step_warning"] = kl_step_warning(cfg, summary.max_weight)
             optimizers = {"main": optimizer, "kl": kl_optimizer}
         schedulers = {k: linear_schedule(o, context.total_steps, train.warmup_ratio) for k, o in optimizers.items()}
@@ -313,6 +314,7 @@ class BlobLaplaceLora(BlobLora):
     name = "blob_laplace"
     config_class = BlobLaplaceConfig
     laplace = True
+    kl_step_bounded = False  # kl_step_warning's bound is derived for the Gaussian KL
 
 
 class BlobOptimizationRule(Optimization):

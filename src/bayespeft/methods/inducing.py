@@ -362,6 +362,7 @@ class InducingLora(BlobLora):
     config_class = InducingConfig
     # parameter-name fragments: the split rule's SGD KL step moves the q(V) means and every scale parameter
     std_parameters = (".std_rho", ".row_scale_rho", ".col_scale_rho", ".noise_rho")
+    kl_step_bounded = False  # whitened KL with no beta: kl_step_warning's bound does not apply
     prior_means = (".mean",)
 
     def after_inject(self, model: nn.Module) -> None:
