@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from bayespeft.config import load_config, save_config
+from bayespeft.errors import ConfigError, exit_on_bad_input
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTHOC = ("laplace", "tfb", "noise")  # fitted on the MLE adapter, no training
@@ -182,7 +183,7 @@ def main() -> None:
     kinds = [label.split("=", 1)[-1] for label in methods]
     needs_mle = [m for m in kinds if m in POSTHOC or m == TEMPERATURE]
     if needs_mle and ("mle" not in kinds or kinds.index("mle") > kinds.index(needs_mle[0])):
-        raise SystemExit(f"--methods: {needs_mle[0]} needs mle listed before it")
+        raise ConfigError(f"--methods: {needs_mle[0]} needs mle listed before it")
     results: dict[str, list[dict]] = {}
     ood: list[dict] = []
     for dataset in args.datasets.split(","):
@@ -204,4 +205,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_bad_input(main)

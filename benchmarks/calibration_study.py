@@ -13,6 +13,15 @@ recorded, and re-running a killed ``compare`` resumes its unfinished runs.
     python benchmarks/calibration_study.py run --backbone minilm-l6 --jobs 1      # run what is missing
     python benchmarks/calibration_study.py collect                                # record finished runs
     python benchmarks/calibration_study.py report --figures docs/figures          # tables + figures
+
+A probe of a setting off the grid runs the same units with ``--extra`` overrides into its own results file,
+whose records carry those overrides as ``extra``; ``add-probes`` appends them to a probes JSON, which
+``report --probes`` judges setting by setting against MLE of the same seed:
+
+    python benchmarks/calibration_study.py run --backbone smollm2-135m --datasets boolq --methods blob \
+        --seeds 1 --extra method.kl_lr=0.05 --work-dir runs/probe_kllr05 --out runs/probe_kllr05/results.json
+    python benchmarks/calibration_study.py add-probes runs/probe_kllr05/results.json \
+        --to benchmarks/results/smollm2_blob_probes.json --name kl_lr_0.05
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ import yaml
 from torchmetrics.functional import matthews_corrcoef
 
 from bayespeft.checkpoint import write_json_atomic
+from bayespeft.errors import ConfigError, DataError, exit_on_bad_input
 from bayespeft.methods import method_config_class, method_names
 from bayespeft.metrics.classification import (
     accuracy,
@@ -73,6 +83,7 @@ class Unit:
     epochs: int
     train_examples: int
     steps: int
+    extra: tuple[str, ...] = ()  # `run --extra` overrides: a probe of a setting off the grid
 
     @property
     def name(self) -> str:
@@ -125,7 +136,7 @@ def applicable(overrides: Iterable[str], methods: Iterable[str]) -> list[str]:
 def _batch_size(overrides: Iterable[str]) -> int:
     sizes = [int(item.split("=", 1)[1]) for item in overrides if item.startswith("train.batch_size=")]
     if not sizes:
-        raise SystemExit(f"{SPEC}: every backbone needs a train.batch_size override")
+        raise ConfigError(f"{SPEC}: every backbone needs a train.batch_size override")
     return sizes[-1]
 
 
@@ -144,6 +155,7 @@ def compare_command(unit: Unit, work: Path) -> list[str]:
         str(unit_dir(unit, work)),
         "--quiet",
         *unit.overrides,
+        *unit.extra,
     ]
 
 
@@ -267,6 +279,7 @@ def run_record(unit: Unit, method: str, run_dir: Path, work: Path, device: str) 
         "run": run_dir.name,
         "wall_s": round((run_dir / "metrics.json").stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime, 1),
         "device": device,
+        **({"extra": " ".join(unit.extra)} if unit.extra else {}),
     }
     predictions = {
         "ids": [r["id"] for r in rows],
@@ -303,6 +316,31 @@ def merge(sources: list[Path], out: Path) -> None:
         return total > 0
 
     update_results(out, add)
+
+
+def add_probes(source: Path, probes_path: Path, name: str | None) -> None:
+    """Append the runs of a ``run --extra`` results file to a probes JSON (key ``probes``), each named by
+    ``name`` (default: its overrides); a run already there under the same name is kept."""
+    runs = load_results(source)["runs"] if source.is_file() else []
+    if not runs:
+        raise DataError(f"{source}: no recorded runs (give the --out of a finished `run --extra ...`)")
+    plain = [record_key(r) for r in runs if "extra" not in r]
+    if plain:
+        raise DataError(f"{source}: run {plain[0]} has no `extra` overrides, so it is not a probe")
+    with results_lock(probes_path):
+        probes = json.loads(probes_path.read_text(encoding="utf-8")) if probes_path.is_file() else {}
+        if not isinstance(probes.get("probes", []), list):
+            raise DataError(f"{probes_path}: field `probes` must be a list of run records")
+        have = {(record_key(r), r["probe"]) for r in probes.setdefault("probes", [])}
+        added = []
+        for run in runs:
+            record = {k: v for k, v in run.items() if k != "run"} | {"probe": name or run["extra"]}
+            if (record_key(record), record["probe"]) not in have:
+                probes["probes"].append(record)
+                added.append(record_key(record))
+        if added:
+            write_json_atomic(probes_path, probes)
+    print(f"{probes_path}: {len(added)} probe runs added ({', '.join(added) or 'all were there'})")
 
 
 # ----------------------------------------------------------------------------- run
@@ -477,7 +515,7 @@ def splice(path: Path, text: str, begin: str, end: str) -> None:
     """Replace the text between the ``begin`` and ``end`` markers of ``path`` (both must be there)."""
     document = path.read_text(encoding="utf-8")
     if begin not in document or end not in document:
-        raise SystemExit(f"--markdown: {path} lacks the markers {begin} ... {end}")
+        raise ConfigError(f"--markdown: {path} lacks the markers {begin} ... {end}")
     head, rest = document.split(begin, 1)
     tail = rest.split(end, 1)[1]
     path.write_text(f"{head}{begin}\n{text.strip()}\n{end}{tail}", encoding="utf-8")
@@ -685,6 +723,11 @@ def parse_args() -> argparse.Namespace:
     merge_parser.add_argument("sources", nargs="+", type=Path, help="results JSON files, predictions beside each")
     merge_parser.add_argument("--out", default=str(RESULTS))
     merge_parser.add_argument("--spec", type=Path, default=SPEC)
+    probes_parser = sub.add_parser("add-probes", help="append a `run --extra` results file's runs to a probes JSON")
+    probes_parser.add_argument("source", type=Path, help="the --out of the `run --extra ...`")
+    probes_parser.add_argument("--to", type=Path, required=True, help="the probes JSON (created if missing)")
+    probes_parser.add_argument("--name", help="the probe's name (default: its overrides)")
+    probes_parser.add_argument("--spec", type=Path, default=SPEC)
     report_parser = sub.choices["report"]
     report_parser.add_argument("--resamples", type=int, default=1000)
     report_parser.add_argument("--figures", help="folder for the reliability grid and the held-out NLL curves")
@@ -705,10 +748,13 @@ def main() -> None:
     if args.command == "merge":
         merge(args.sources, Path(args.out))
         return
+    if args.command == "add-probes":
+        add_probes(args.source, args.to, args.name)
+        return
     backbones = args.backbone.split(",") if args.backbone else list(spec["backbones"])
     unknown = [b for b in backbones if b not in spec["backbones"]]
     if unknown:
-        raise SystemExit(f"--backbone: {unknown[0]} is not in {SPEC} (choose from {', '.join(spec['backbones'])})")
+        raise ConfigError(f"--backbone: {unknown[0]} is not in {SPEC} (choose from {', '.join(spec['backbones'])})")
     datasets = set(args.datasets.split(",")) if args.datasets else None
     units = plan(spec, backbones, datasets, args.data_dir)
     if getattr(args, "methods", None):
@@ -722,10 +768,10 @@ def main() -> None:
         try:
             chosen_seeds = {int(seed) for seed in args.seeds.split(",")}
         except ValueError:
-            raise SystemExit(f"--seeds: expected comma-separated integers (got {args.seeds!r})") from None
+            raise ConfigError(f"--seeds: expected comma-separated integers (got {args.seeds!r})") from None
         units = [u for u in units if u.seed in chosen_seeds]
     if getattr(args, "extra", None):
-        units = [dataclasses.replace(u, overrides=(*u.overrides, *args.extra)) for u in units]
+        units = [dataclasses.replace(u, extra=tuple(args.extra)) for u in units]
     if args.command == "collect":
         device = device_name()
         for unit in units:
@@ -737,4 +783,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_bad_input(main)

@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bayespeft.config import load_config
+from bayespeft.errors import DataError, RunDirError, exit_on_bad_input
 from bayespeft.experiments.report import load_predictions
 from bayespeft.methods.laplace import LaplaceLora
 from bayespeft.tasks.multiple_choice import ClozeMultipleChoiceTask
@@ -78,7 +79,7 @@ def length_picks(lengths: dict[str, list[int]], records: dict[str, list[dict]]) 
     for name, chosen in picks.items():
         missing = [uid for uid, _ in chosen if uid not in lengths]
         if missing:
-            raise SystemExit(f"{name}: question {missing[0]!r} is not among the run's evaluation questions")
+            raise DataError(f"{name}: question {missing[0]!r} is not among the run's evaluation questions")
         table[name] = {
             "questions": len(chosen),
             "longest": sum(strictly(lengths[uid], k, int.__gt__) for uid, k in chosen),
@@ -93,7 +94,7 @@ def main() -> None:
     config = load_config(args.run_dir / "config.yaml")
     session = build_session(config)
     if not isinstance(session.method, LaplaceLora) or not isinstance(session.task, ClozeMultipleChoiceTask):
-        raise SystemExit(f"--run-dir {args.run_dir}: needs a laplace run with data.mc_scoring=cloze")
+        raise RunDirError(f"--run-dir {args.run_dir}: needs a laplace run with data.mc_scoring=cloze")
     session.method.load_adapter(session.model, args.run_dir / "adapter")
     examples = load_examples(config, config.data.eval_split, config.data.max_eval_examples)
     encoded = session.task.encode(examples)
@@ -134,4 +135,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_bad_input(main)

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from bayespeft.backbones import load_tokenizer, resolve_model
 from bayespeft.config import load_config
+from bayespeft.errors import DataError, RunDirError, exit_on_bad_input
 from bayespeft.experiments.report import load_predictions
 from bayespeft.metrics.ood import auroc
 from bayespeft.rundir import RunDir
@@ -58,7 +59,7 @@ def parse_args() -> argparse.Namespace:
 def ood_summary(run: RunDir, n_samples: int) -> dict:
     path = run.eval_dir(f"ood_summary_n{n_samples}") / "summary.json"
     if not path.is_file():
-        raise SystemExit(f"{run.root}: no OOD evaluation with N = {n_samples} ({path} missing)")
+        raise RunDirError(f"{run.root}: no OOD evaluation with N = {n_samples} ({path} missing)")
     return json.loads(path.read_text())
 
 
@@ -74,7 +75,7 @@ def ood_records(run: RunDir, n_samples: int) -> dict[Key, dict]:
             for record in load_predictions(directory / "predictions.jsonl"):
                 records[(record["dataset"], record["id"])] = record
     if not records:
-        raise SystemExit(f"{run.root}: no OOD predictions with N = {n_samples} (eval/ood_*_n{n_samples} missing)")
+        raise RunDirError(f"{run.root}: no OOD predictions with N = {n_samples} (eval/ood_*_n{n_samples} missing)")
     return records
 
 
@@ -97,7 +98,7 @@ def adapter_effect(base: dict[Key, dict], tuned: dict[Key, dict]) -> dict[Key, f
     effects = {}
     for key, record in tuned.items():
         if key not in base:
-            raise SystemExit(f"--base-run has no prediction for {key[0]} question {key[1]}")
+            raise DataError(f"--base-run has no prediction for {key[0]} question {key[1]}")
         before = torch.tensor(base[key]["probs"], dtype=torch.float64)
         after = torch.tensor(record["probs"], dtype=torch.float64)
         used = (before > 0) | (after > 0)  # class slots past a question's choices hold probability 0 in both
@@ -155,7 +156,7 @@ def analyse(
     keys = sorted(records)
     unknown = [key for key in keys if key not in lengths]
     if unknown:
-        raise SystemExit(f"{run.root}: {unknown[0][0]} question {unknown[0][1]} is not among the first run's questions")
+        raise DataError(f"{run.root}: {unknown[0][0]} question {unknown[0][1]} is not among the first run's questions")
     datasets = [key[0] for key in keys]
     tokens = mean_tokens(lengths, keys)
     mi = torch.tensor([records[k]["mutual_information"] for k in keys], dtype=torch.float64)
@@ -240,4 +241,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_bad_input(main)

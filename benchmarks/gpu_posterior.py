@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,16 +24,16 @@ from accelerate import Accelerator
 from speed import ROOT, interleaved_medians, make_train_step, setup, write
 
 from bayespeft.config import EvalConfig
+from bayespeft.errors import ConfigError, exit_on_bad_input
 from bayespeft.evaluation import predict
 
 
 def device_or_refuse(allow_cpu: bool) -> str:
-    """``cuda`` when a CUDA device is present; otherwise ``cpu`` if allowed, else a one-line error and exit 2."""
+    """``cuda`` when a CUDA device is present; otherwise ``cpu`` if allowed, else refused (exit 2 from the script)."""
     if torch.cuda.is_available():
         return "cuda"
     if not allow_cpu:
-        print("error: no CUDA device; this benchmark is for a GPU (--allow-cpu runs it on the CPU)", file=sys.stderr)
-        raise SystemExit(2)
+        raise ConfigError("no CUDA device; this benchmark is for a GPU (--allow-cpu runs it on the CPU)")
     return "cpu"
 
 
@@ -119,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_bad_input(main)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from bayespeft.errors import ConfigError, DataError, exit_on_bad_input
 from bayespeft.experiments.report import load_predictions
 from bayespeft.metrics.classification import expected_calibration_error, negative_log_likelihood
 
@@ -46,7 +47,7 @@ def probabilities(path: Path, ids: list[str] | None = None) -> tuple[list[str], 
     ids = ids if ids is not None else list(records)
     missing = [uid for uid in ids if uid not in records]
     if missing:
-        raise SystemExit(f"{predictions_file(path)}: no prediction for example {missing[0]!r} of the reference")
+        raise DataError(f"{predictions_file(path)}: no prediction for example {missing[0]!r} of the reference")
     width = max(len(records[uid]["probs"]) for uid in ids)
     probs = torch.zeros(len(ids), width, dtype=torch.float64)
     for row, uid in enumerate(ids):
@@ -58,7 +59,7 @@ def probabilities(path: Path, ids: list[str] | None = None) -> tuple[list[str], 
 def main() -> None:
     args = parse_args()
     if args.resamples < 10:
-        raise SystemExit(f"--resamples: at least 10 (got {args.resamples})")
+        raise ConfigError(f"--resamples: at least 10 (got {args.resamples})")
     ids, ref_probs, labels = probabilities(args.reference)
     generator = torch.Generator().manual_seed(args.seed)
     draws = torch.randint(len(ids), (args.resamples, len(ids)), generator=generator)
@@ -70,7 +71,7 @@ def main() -> None:
     for run in args.runs:
         _, probs, run_labels = probabilities(run, ids)
         if not torch.equal(run_labels, labels):
-            raise SystemExit(f"{predictions_file(run)}: gold labels differ from the reference's")
+            raise DataError(f"{predictions_file(run)}: gold labels differ from the reference's")
         label = run.name if run.is_dir() else "/".join(run.parts[-4:-1])
         row: dict[str, object] = {"run": str(run), "label": label}
         for name, metric in METRICS.items():
@@ -96,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_bad_input(main)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from bayespeft.errors import ConfigError, RunDirError, exit_on_bad_input
 from bayespeft.evaluation import predict
 from bayespeft.experiments.report import load_predictions
 from bayespeft.methods import build_method
@@ -182,16 +183,16 @@ def prediction_stats(run: RunDir) -> dict[str, float]:
 def main() -> None:
     args = parse_args()
     if args.window < 1:
-        raise SystemExit(f"--window: must be >= 1 (got {args.window})")
+        raise ConfigError(f"--window: must be >= 1 (got {args.window})")
     if args.held_draws < 0:
-        raise SystemExit(f"--held-draws: must be >= 0 (got {args.held_draws})")
+        raise ConfigError(f"--held-draws: must be >= 0 (got {args.held_draws})")
     if args.signal_noise < 0:
-        raise SystemExit(f"--signal-noise: must be >= 0 (got {args.signal_noise})")
+        raise ConfigError(f"--signal-noise: must be >= 0 (got {args.signal_noise})")
     rows = {}
     for path in args.runs:
         run = RunDir(path)
         if not run.adapter.is_dir():
-            raise SystemExit(f"{path}: not a finished run (no adapter/)")
+            raise RunDirError(f"{path}: not a finished run (no adapter/)")
         rows[f"{path.parent.name}/{path.name}"] = (
             adapter_stats(run, args.by_layer_kind) | training_stats(run, args.window) | prediction_stats(run)
         )
@@ -221,4 +222,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_bad_input(main)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class BayesPeftError(Exception):
     """Bad user input (config, flag, data file, run directory).
@@ -25,3 +28,13 @@ class RunDirError(BayesPeftError):
 
 class NumericalError(BayesPeftError):
     """A computation gave NaN or infinite values (a diverging training run, a broken adapter)."""
+
+
+def exit_on_bad_input(main: Callable[[], object]) -> None:
+    """Run a script's ``main`` as the CLI runs a command: a BayesPeftError becomes ``error: <message>``
+    on stderr and exit status 2, so benchmark scripts refuse bad input the way ``bayespeft`` does."""
+    try:
+        main()
+    except BayesPeftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

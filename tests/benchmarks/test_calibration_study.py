@@ -133,3 +133,58 @@ def test_two_processes_recording_into_one_results_file_lose_nothing(study, tmp_p
     )
     assert len(study.load_predictions_store(study.predictions_path(results))) == 80
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.json", "study_predictions.json.gz"]
+
+
+def test_extra_overrides_reach_the_command_and_name_the_record(study, tmp_path):
+    """`run --extra` appends its overrides after the spec's and records them as the run's `extra`."""
+    unit = study.Unit("b", "d", 1, ("blob",), ("train.batch_size=4",), 2, 8, 4, extra=("method.kl_lr=0.05",))
+    assert study.compare_command(unit, tmp_path)[-2:] == ["train.batch_size=4", "method.kl_lr=0.05"]
+    run_dir = study.unit_dir(unit, tmp_path) / "runs" / "method=blob__data=d__seed=1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("{}\n")
+    (run_dir / "predictions.jsonl").write_text('{"id": 0, "label": 1, "probs": [0.25, 0.75]}\n')
+    (run_dir / "metrics.json").write_text(
+        '{"metrics": {"acc": 1.0, "ece": 0.25, "nll": 0.29, "brier": 0.125, "num_examples": 1},'
+        ' "split": "test", "n_samples": 10}'
+    )
+    record, _ = study.run_record(unit, "blob", run_dir, tmp_path, "cpu")
+    assert record["extra"] == "method.kl_lr=0.05"
+    assert record["command"].endswith("train.batch_size=4 method.kl_lr=0.05")
+    plain, _ = study.run_record(study.dataclasses.replace(unit, extra=()), "blob", run_dir, tmp_path, "cpu")
+    assert "extra" not in plain
+
+
+def probe_run(method: str, extra: str | None) -> dict:
+    record = {"backbone": "b", "dataset": "d", "method": method, "seed": 1, "ece": 0.1, "run": "r"}
+    return record | ({"extra": extra} if extra else {})
+
+
+def test_add_probes_appends_each_run_once_under_its_name(study, tmp_path):
+    source, probes = tmp_path / "probe.json", tmp_path / "probes.json"
+    study.write_json_atomic(source, {"runs": [probe_run("mle", "x=1"), probe_run("blob", "x=1")]})
+    study.write_json_atomic(probes, {"about": "kept", "probes": [probe_run("blob", "x=2") | {"probe": "x=2"}]})
+    study.add_probes(source, probes, None)
+    study.add_probes(source, probes, None)  # again: nothing new
+    study.add_probes(source, probes, "named")
+    written = study.json.loads(probes.read_text())
+    assert written["about"] == "kept"
+    assert [(p["method"], p["extra"], p["probe"]) for p in written["probes"]] == [
+        ("blob", "x=2", "x=2"),
+        ("mle", "x=1", "x=1"),
+        ("blob", "x=1", "x=1"),
+        ("mle", "x=1", "named"),
+        ("blob", "x=1", "named"),
+    ]
+    assert all("run" not in p for p in written["probes"][1:])
+
+
+def test_add_probes_refuses_a_grid_run_and_leaves_the_probes_file_alone(tmp_path):
+    source, probes = tmp_path / "grid.json", tmp_path / "probes.json"
+    source.write_text('{"runs": [{"backbone": "b", "dataset": "d", "method": "blob", "seed": 1}]}')
+    probes.write_text('{"probes": []}')
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "add-probes", str(source), "--to", str(probes)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {source}: run b/d/blob/1 has no `extra` overrides, so it is not a probe"
+    assert probes.read_text() == '{"probes": []}'
