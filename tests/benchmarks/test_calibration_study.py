@@ -188,3 +188,16 @@ def test_add_probes_refuses_a_grid_run_and_leaves_the_probes_file_alone(tmp_path
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {source}: run b/d/blob/1 has no `extra` overrides, so it is not a probe"
     assert probes.read_text() == '{"probes": []}'
+
+
+def test_probe_verdicts_count_datasets_judged_on_the_seed_means(study):
+    """Two seeds of one dataset make one verdict, on their means: a met seed and a missed one can fail together."""
+    run = {"backbone": "b", "dataset": "d", "method": "mle", "acc": 0.5, "ece": 0.4, "nll": 1.0}
+    mle = [run | {"seed": seed} for seed in (1, 2)]
+    groups = {("b", "d", "mle"): mle}
+    probe = {"backbone": "b", "dataset": "d", "method": "blob", "extra": "k=1", "ece": 0.1, "nll": 0.8}
+    lines = study.probe_targets([probe | {"seed": 1, "acc": 0.5}, probe | {"seed": 2, "acc": 0.47}], groups)
+    assert [line.split(" | ")[10] for line in lines if line.startswith("| b |")] == ["met", "not met"]
+    assert "- b, `k=1`: met on 0 of 1 (none)" in lines  # mean ACC 0.485: 1.5 points below MLE
+    lines = study.probe_targets([probe | {"seed": 1, "acc": 0.5}, probe | {"seed": 2, "acc": 0.495}], groups)
+    assert "- b, `k=1`: met on 1 of 1 (d, mean of 2 seeds)" in lines
