@@ -612,8 +612,9 @@ def probe_targets(probes: list[dict[str, Any]], groups: dict) -> list[str]:
             grid = [r for r in groups.get((backbone, blob["dataset"], REFERENCE), []) if r["seed"] == blob["seed"]]
             if not (same or grid):
                 continue
-            pairs.setdefault(blob["dataset"], []).append((blob, (same or grid)[0]))
-            ece, nll, dacc, ok = blob_target(blob, (same or grid)[0])
+            mle = (same or grid)[0]
+            pairs.setdefault(blob["dataset"], []).append((blob, mle))
+            ece, nll, dacc, ok = blob_target(blob, mle)
             scores = " | ".join(f"{blob[k]:.3f}" for k in ("acc", "ece", "nll"))
             out.append(
                 f"| {backbone} | {setting} | {blob['dataset']} | {blob['seed']} | {scores} | x{ece:.2f} | x{nll:.2f} "
@@ -727,12 +728,10 @@ def parse_args() -> argparse.Namespace:
     merge_parser = sub.add_parser("merge", help="add the runs of other results files (e.g. from a GPU machine)")
     merge_parser.add_argument("sources", nargs="+", type=Path, help="results JSON files, predictions beside each")
     merge_parser.add_argument("--out", default=str(RESULTS))
-    merge_parser.add_argument("--spec", type=Path, default=SPEC)
     probes_parser = sub.add_parser("add-probes", help="append a `run --extra` results file's runs to a probes JSON")
     probes_parser.add_argument("source", type=Path, help="the --out of the `run --extra ...`")
     probes_parser.add_argument("--to", type=Path, required=True, help="the probes JSON (created if missing)")
     probes_parser.add_argument("--name", help="the probe's name (default: its overrides)")
-    probes_parser.add_argument("--spec", type=Path, default=SPEC)
     report_parser = sub.choices["report"]
     report_parser.add_argument("--resamples", type=int, default=1000)
     report_parser.add_argument("--figures", help="folder for the reliability grid and the held-out NLL curves")
@@ -746,7 +745,6 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    spec = load_spec(args.spec)
     if args.command == "report":
         report(args)
         return
@@ -756,6 +754,7 @@ def main() -> None:
     if args.command == "add-probes":
         add_probes(args.source, args.to, args.name)
         return
+    spec = load_spec(args.spec)
     backbones = args.backbone.split(",") if args.backbone else list(spec["backbones"])
     unknown = [b for b in backbones if b not in spec["backbones"]]
     if unknown:

@@ -23,7 +23,7 @@ from .commands.score import add_score_parser
 from .commands.sweep import add_sweep_parser
 from .commands.train import add_train_parser
 from .commands.tune import add_tune_parser
-from .errors import BayesPeftError
+from .errors import BayesPeftError, report_bad_input
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         return args.handler(args)
     except BayesPeftError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_bad_input(exc)
 
 
 if __name__ == "__main__":

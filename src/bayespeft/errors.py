@@ -30,11 +30,16 @@ class NumericalError(BayesPeftError):
     """A computation gave NaN or infinite values (a diverging training run, a broken adapter)."""
 
 
+def report_bad_input(error: BayesPeftError) -> int:
+    """Print ``error: <message>`` on stderr and return the bad-input exit status, 2."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
 def exit_on_bad_input(main: Callable[[], object]) -> None:
-    """Run a script's ``main`` as the CLI runs a command: a BayesPeftError becomes ``error: <message>``
-    on stderr and exit status 2, so benchmark scripts refuse bad input the way ``bayespeft`` does."""
+    """Run a script's ``main`` as the CLI runs a command, so benchmark scripts refuse bad input the way
+    ``bayespeft`` does: a BayesPeftError becomes one line on stderr and exit status 2."""
     try:
         main()
     except BayesPeftError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report_bad_input(exc))
