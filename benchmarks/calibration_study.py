@@ -15,8 +15,9 @@ recorded, and re-running a killed ``compare`` resumes its unfinished runs.
     python benchmarks/calibration_study.py report --figures docs/figures          # tables + figures
 
 A probe of a setting off the grid runs the same units with ``--extra`` overrides into its own results file,
-whose records carry those overrides as ``extra``; ``add-probes`` appends them to a probes JSON, which
-``report --probes`` judges setting by setting against MLE of the same seed:
+whose records carry those overrides as ``extra``; ``add-probes`` appends them to a probes JSON (their
+predictions to ``<stem>_predictions.json.gz`` beside it), which ``report --probes`` judges setting by setting
+against MLE of the same seed, with a paired interval on ΔACC where both runs' predictions are stored:
 
     python benchmarks/calibration_study.py run --backbone smollm2-135m --datasets boolq --methods blob \
         --seeds 1 --extra method.kl_lr=0.05 --work-dir runs/probe_kllr05 --out runs/probe_kllr05/results.json
@@ -200,6 +201,11 @@ def record_key(record: dict[str, Any]) -> str:
     return run_key(record["backbone"], record["dataset"], record["method"], record["seed"])
 
 
+def probe_key(record: dict[str, Any]) -> str:
+    """The predictions key of a probe run: its run key and the probe's name (one run key, many probes)."""
+    return f"{record_key(record)}@{record['probe']}"
+
+
 @contextlib.contextmanager
 def results_lock(results_path: Path) -> Iterator[None]:
     """Hold the results of ``results_path`` for one read-modify-write, against threads and other processes.
@@ -320,7 +326,8 @@ def merge(sources: list[Path], out: Path) -> None:
 
 def add_probes(source: Path, probes_path: Path, name: str | None) -> None:
     """Append the runs of a ``run --extra`` results file to a probes JSON (key ``probes``), each named by
-    ``name`` (default: its overrides); a run already there under the same name is kept."""
+    ``name`` (default: its overrides), and their predictions to the store beside it (so that the report can
+    give paired intervals); a run already there under the same name is kept."""
     runs = load_results(source)["runs"] if source.is_file() else []
     if not runs:
         raise DataError(f"{source}: no recorded runs (give the --out of a finished `run --extra ...`)")
@@ -331,14 +338,19 @@ def add_probes(source: Path, probes_path: Path, name: str | None) -> None:
         probes = json.loads(probes_path.read_text(encoding="utf-8")) if probes_path.is_file() else {}
         if not isinstance(probes.get("probes", []), list):
             raise DataError(f"{probes_path}: field `probes` must be a list of run records")
-        have = {(record_key(r), r["probe"]) for r in probes.setdefault("probes", [])}
+        have = {probe_key(r) for r in probes.setdefault("probes", [])}
+        theirs = load_predictions_store(predictions_path(source))
+        store = load_predictions_store(predictions_path(probes_path))
         added = []
         for run in runs:
             record = {k: v for k, v in run.items() if k != "run"} | {"probe": name or run["extra"]}
-            if (record_key(record), record["probe"]) not in have:
+            if probe_key(record) not in have:
                 probes["probes"].append(record)
                 added.append(record_key(record))
+                if record_key(record) in theirs:
+                    store[probe_key(record)] = theirs[record_key(record)]
         if added:
+            save_predictions_store(predictions_path(probes_path), store)
             write_json_atomic(probes_path, probes)
     print(f"{probes_path}: {len(added)} probe runs added ({', '.join(added) or 'all were there'})")
 
@@ -505,7 +517,8 @@ def report(args: argparse.Namespace) -> None:
         splice(Path(args.markdown), text, BEGIN, END)
     if args.probes:
         probes = json.loads(Path(args.probes).read_text(encoding="utf-8"))["probes"]
-        probe_text = "\n".join(probe_targets(probes, groups))
+        probe_store = load_predictions_store(predictions_path(Path(args.probes)))
+        probe_text = "\n".join(probe_targets(probes, groups, store, probe_store, args.resamples))
         print(probe_text)
         if args.markdown:
             splice(Path(args.markdown), probe_text, PROBES_BEGIN, PROBES_END)
@@ -583,11 +596,29 @@ def blob_target(blob: dict[str, float], mle: dict[str, float]) -> tuple[float, f
     return ece, nll, dacc, ece <= 0.5 and nll <= 0.9 and dacc >= -0.01
 
 
-def probe_targets(probes: list[dict[str, Any]], groups: dict) -> list[str]:
+def probe_targets(
+    probes: list[dict[str, Any]],
+    groups: dict,
+    store: dict[str, Any] | None = None,
+    probe_store: dict[str, Any] | None = None,
+    resamples: int = 1000,
+) -> list[str]:
     """The BLoB target for each probed setting, dataset by dataset, against MLE of the same seed: the
     probe's own MLE where it ran one under the same overrides, else the grid's; the grid's BLoB at the
     package defaults is listed first for the same datasets and seeds. A row per seed; the verdict line
-    judges each dataset on the means over its seeds."""
+    judges each dataset on the means over its seeds. Where both runs' predictions are stored (the grid's
+    ``store``, the probes' ``probe_store``), ΔACC comes with its paired 95 % interval: the ACC clause is
+    often decided by a point or two on 500 questions."""
+
+    def pair(blob: dict, mle: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        ours, ref = (
+            (probe_store or {}).get(probe_key(r)) if "probe" in r else (store or {}).get(record_key(r))
+            for r in (blob, mle)
+        )
+        if not (ours and ref and ours["ids"] == ref["ids"]):
+            return None
+        return stored_probs(ours["probs"]), stored_probs(ref["probs"]), torch.tensor(ref["labels"])
+
     settings: dict[tuple[str, str], list[dict]] = {}
     for record in probes:
         settings.setdefault((record["backbone"], f"`{record['extra']}`"), []).append(record)
@@ -596,13 +627,14 @@ def probe_targets(probes: list[dict[str, Any]], groups: dict) -> list[str]:
         grid = [r for (d, s) in sorted(probed) for r in groups.get((backbone, d, "blob"), []) if r["seed"] == s]
         settings[(backbone, "package defaults (grid)")] = grid
     out = [
-        "| backbone | BLoB setting | dataset | seed | ACC | ECE | NLL | ECE / MLE | NLL / MLE | ΔACC | target "
+        "| backbone | BLoB setting | dataset | seed | ACC | ECE | NLL | ECE / MLE | NLL / MLE | ΔACC [95% CI] | target "
         "| training NLL, last epoch |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     for (backbone, setting), records in sorted(settings.items(), key=lambda item: (item[0][0], "`" in item[0][1])):
         pairs: dict[str, list[tuple[dict, dict]]] = {}  # dataset -> (BLoB, its MLE) per seed
+        predicted: dict[str, list] = {}  # dataset -> the paired predictions of each seed (None: not stored)
         for blob in sorted((r for r in records if r["method"] == "blob"), key=lambda r: (r["dataset"], r["seed"])):
             same = [
                 r
@@ -614,19 +646,25 @@ def probe_targets(probes: list[dict[str, Any]], groups: dict) -> list[str]:
                 continue
             mle = (same or grid)[0]
             pairs.setdefault(blob["dataset"], []).append((blob, mle))
+            predicted.setdefault(blob["dataset"], []).append(pair(blob, mle))
             ece, nll, dacc, ok = blob_target(blob, mle)
             scores = " | ".join(f"{blob[k]:.3f}" for k in ("acc", "ece", "nll"))
+            paired = predicted[blob["dataset"]][-1]
+            delta = _interval(paired_interval([paired], resamples)["acc"]) if paired else f"{dacc:+.3f}"
             out.append(
                 f"| {backbone} | {setting} | {blob['dataset']} | {blob['seed']} | {scores} | x{ece:.2f} | x{nll:.2f} "
-                f"| {dacc:+.3f} | {'met' if ok else 'not met'} | {blob.get('train_nll_last_epoch', float('nan')):.3f} |"
+                f"| {delta} | {'met' if ok else 'not met'} | {blob.get('train_nll_last_epoch', float('nan')):.3f} |"
             )
-        met = []
+        met, intervals = [], []
         for dataset, seeds in pairs.items():  # judged on the means over seeds, as the study's table is
             sides = zip(*seeds, strict=True)  # all the BLoB runs, then all their MLEs
             means = [{k: fmean(run[k] for run in side) for k in ("acc", "ece", "nll")} for side in sides]
             if blob_target(*means)[3]:
                 met.append(dataset if len(seeds) == 1 else f"{dataset}, mean of {len(seeds)} seeds")
-        verdicts.append(f"- {backbone}, {setting}: met on {len(met)} of {len(pairs)} ({'; '.join(met) or 'none'})")
+            if len(seeds) > 1 and all(predicted[dataset]):
+                intervals.append(f"{dataset} {_interval(paired_interval(predicted[dataset], resamples)['acc'])}")
+        verdict = f"- {backbone}, {setting}: met on {len(met)} of {len(pairs)} ({'; '.join(met) or 'none'})"
+        verdicts.append(verdict + (f"; ΔACC over the seeds: {', '.join(intervals)}" if intervals else ""))
     return [*out, "", *verdicts]
 
 

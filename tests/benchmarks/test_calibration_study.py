@@ -201,3 +201,37 @@ def test_probe_verdicts_count_datasets_judged_on_the_seed_means(study):
     assert "- b, `k=1`: met on 0 of 1 (none)" in lines  # mean ACC 0.485: 1.5 points below MLE
     lines = study.probe_targets([probe | {"seed": 1, "acc": 0.5}, probe | {"seed": 2, "acc": 0.495}], groups)
     assert "- b, `k=1`: met on 1 of 1 (d, mean of 2 seeds)" in lines
+
+
+def test_add_probes_keeps_each_probes_predictions_under_its_name(study, tmp_path):
+    source, probes = tmp_path / "probe.json", tmp_path / "probes.json"
+    study.write_json_atomic(source, {"runs": [probe_run("blob", "x=1")]})
+    ran = predictions(0.9, [0, 1, 1], [True, True, False])
+    study.save_predictions_store(study.predictions_path(source), {"b/d/blob/1": ran})
+    study.add_probes(source, probes, None)
+    study.add_probes(source, probes, "named")
+    stored = study.load_predictions_store(tmp_path / "probes_predictions.json.gz")
+    assert stored == {"b/d/blob/1@x=1": ran, "b/d/blob/1@named": ran}
+
+
+def test_probe_rows_give_delta_acc_a_paired_interval_where_predictions_are_stored(study):
+    """Same 300 questions: the probe answers 60 % right, the grid's MLE 50 %; a seed without stored
+    predictions keeps the plain difference, and the verdict's interval needs every seed's."""
+    labels = [i % 2 for i in range(300)]
+    mle_run = {"backbone": "b", "dataset": "d", "method": "mle", "acc": 0.5, "ece": 0.4, "nll": 1.0}
+    groups = {("b", "d", "mle"): [mle_run | {"seed": seed} for seed in (1, 2)]}
+    probe = {"backbone": "b", "dataset": "d", "method": "blob", "extra": "k=1", "probe": "p", "acc": 0.6}
+    probe |= {"ece": 0.1, "nll": 0.8}
+    store = {study.run_key("b", "d", "mle", s): predictions(0.9, labels, [i % 2 == 0 for i in range(300)])
+             for s in (1, 2)}  # fmt: skip
+    probe_store = {"b/d/blob/1@p": predictions(0.6, labels, [i % 5 < 3 for i in range(300)])}
+    lines = study.probe_targets([probe | {"seed": 1}, probe | {"seed": 2}], groups, store, probe_store, 200)
+    cells = [line.split(" | ")[9] for line in lines if line.startswith("| b | `k=1`")]
+    point, interval = cells[0].split(" [")
+    low, high = (float(x) for x in interval.rstrip("]").split(", "))
+    assert point == "**+0.100**" and 0 < low < 0.1 < high
+    assert cells[1] == "+0.100"
+    assert "- b, `k=1`: met on 1 of 1 (d, mean of 2 seeds)" in lines
+    probe_store["b/d/blob/2@p"] = probe_store["b/d/blob/1@p"]
+    lines = study.probe_targets([probe | {"seed": 1}, probe | {"seed": 2}], groups, store, probe_store, 200)
+    assert lines[-1].startswith("- b, `k=1`: met on 1 of 1 (d, mean of 2 seeds); ΔACC over the seeds: d **+0.100** [")
