@@ -411,11 +411,21 @@ def paired_bootstrap(
     resample draws the same examples for both methods within each seed."""
     pairs = []
     for seed in seeds:
-        ours = store.get(run_key(backbone, dataset, method, seed))
-        ref = store.get(run_key(backbone, dataset, reference, seed))
-        if ours and ref and ours["ids"] == ref["ids"]:
-            pairs.append((stored_probs(ours["probs"]), stored_probs(ref["probs"]), torch.tensor(ref["labels"])))
+        paired = paired_predictions(
+            store.get(run_key(backbone, dataset, method, seed)), store.get(run_key(backbone, dataset, reference, seed))
+        )
+        if paired:
+            pairs.append(paired)
     return paired_interval(pairs, resamples) if pairs else {}
+
+
+def paired_predictions(
+    ours: dict[str, Any] | None, ref: dict[str, Any] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(our probs, the reference's probs, labels) of two stored runs on the same examples, else None."""
+    if not (ours and ref and ours["ids"] == ref["ids"]):
+        return None
+    return stored_probs(ours["probs"]), stored_probs(ref["probs"]), torch.tensor(ref["labels"])
 
 
 def paired_interval(
@@ -615,9 +625,7 @@ def probe_targets(
             (probe_store or {}).get(probe_key(r)) if "probe" in r else (store or {}).get(record_key(r))
             for r in (blob, mle)
         )
-        if not (ours and ref and ours["ids"] == ref["ids"]):
-            return None
-        return stored_probs(ours["probs"]), stored_probs(ref["probs"]), torch.tensor(ref["labels"])
+        return paired_predictions(ours, ref)
 
     settings: dict[tuple[str, str], list[dict]] = {}
     for record in probes:
