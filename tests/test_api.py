@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import pytest
 
@@ -53,3 +55,36 @@ def test_load_config_composes_like_the_cli():
     assert config.method.name == "mle" and config.train.lr == 0.001
     assert config.model.name == "smollm2-135m" and config.data.dataset == "arc_easy"  # from the defaults list
     assert bayespeft.load_config(base).method.name == "blob"
+
+
+def fresh_python(code: str) -> str:
+    """Run ``code`` in a new interpreter (nothing imported yet) and return its stdout."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_import_is_light_and_every_public_name_resolves():
+    """``import bayespeft`` loads no torch; each name of ``__all__`` imports its module on first use."""
+    out = fresh_python(
+        "import sys, bayespeft; light = 'torch' not in sys.modules; "
+        "missing = [n for n in bayespeft.__all__ if getattr(bayespeft, n, None) is None]; "
+        "print(light, missing, set(bayespeft.__all__) <= set(dir(bayespeft)))"
+    )
+    assert out == "True [] True"
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        bayespeft.not_a_name  # noqa: B018
+
+
+def test_load_config_first_knows_every_builtin_method():
+    """The package's load_config, called before anything else, knows the methods (their configs register on import)."""
+    out = fresh_python("import bayespeft; print(bayespeft.load_config(None, ['method.name=blob']).method.beta)")
+    assert out == "0.2"
+
+
+def test_builtin_method_list_matches_the_registry():
+    """The command line lists methods from a torch-free constant; it must name what the registry holds."""
+    from bayespeft.choices import BUILTIN_METHODS
+
+    registered = fresh_python("import bayespeft; print(','.join(sorted(bayespeft.method_names())))")
+    assert registered.split(",") == sorted(BUILTIN_METHODS)

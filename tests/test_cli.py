@@ -364,6 +364,21 @@ def test_version_subprocess():
     assert proc.stdout.strip() == f"bayespeft {__version__}"
 
 
+def test_help_imports_no_torch():
+    """Building every sub-command's parser (what ``--help`` does) imports neither torch nor transformers nor peft."""
+    code = (
+        "import sys; from bayespeft.cli import build_parser; build_parser(); "
+        "print([m for m in ('torch', 'transformers', 'peft', 'accelerate') if m in sys.modules])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    helped = subprocess.run(
+        [sys.executable, "-m", "bayespeft.cli", "train", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert helped.returncode == 0 and "--output-dir" in helped.stdout and "blob" in helped.stdout
+
+
 def test_non_finite_predictions_are_a_one_line_error():
     import torch
 

@@ -2,7 +2,8 @@
 
 This module only builds the parser and dispatches; each command parses its flags and calls its
 twin in the Python API (``bayespeft train`` -> :func:`bayespeft.train`, ...). A ``BayesPeftError``
-becomes a one-line ``error:`` message and exit status 2.
+becomes a one-line ``error:`` message and exit status 2. Building the parser imports no torch (each
+command imports its API function when it runs), so ``--help`` is immediate.
 """
 
 from __future__ import annotations

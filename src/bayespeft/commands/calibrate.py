@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from ..rundir import path_flag
-from ..workflows.calibrate import calibrate
 from .dispatch import call_api
 from .flags import add_config_flags, cli_overrides, reject_config
 
@@ -30,6 +29,8 @@ def add_calibrate_parser(subparsers: Any) -> None:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """Run ``bayespeft calibrate`` and print the fitted temperature and how to use it."""
+    from ..workflows.calibrate import calibrate
+
     reject_config(args)
     payload = call_api(calibrate, args, overrides=cli_overrides(args))
     temperature = payload["temperature"]

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..experiments.compare import DEFAULT_METRICS, TEMPERATURE, compare
+from ..choices import COMPARE_METRICS, TEMPERATURE
 from ..rundir import path_flag
 from .dispatch import call_api
 from .flags import OUTPUT_DIR_FLAGS
@@ -43,7 +43,7 @@ def add_compare_parser(subparsers: Any) -> None:
     parser.add_argument("--config-dir", type=Path, help="folder of the group files (default: the base's folder)")
     parser.add_argument(*OUTPUT_DIR_FLAGS, type=path_flag("--output-dir"), required=True, help="comparison folder")
     parser.add_argument(
-        "--metrics", default=",".join(DEFAULT_METRICS), help="table and figure metrics (default: %(default)s)"
+        "--metrics", default=",".join(COMPARE_METRICS), help="table and figure metrics (default: %(default)s)"
     )
     parser.add_argument(
         "--temperature-split",
@@ -57,6 +57,8 @@ def add_compare_parser(subparsers: Any) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Run ``bayespeft compare`` and print the plan or the report; returns 0 when every run finished, 1 otherwise."""
+    from ..experiments.compare import compare
+
     manifest = call_api(compare, args)
     points = manifest["points"]
     if args.dry_run:

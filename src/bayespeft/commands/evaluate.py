@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from ..rundir import path_flag
-from ..workflows.evaluate import evaluate
 from .dispatch import call_api
 from .flags import add_config_flags, cli_overrides, reject_config
 from .output import print_scores
@@ -29,6 +28,8 @@ def add_evaluate_parser(subparsers: Any) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``bayespeft evaluate`` and print the scores."""
+    from ..workflows.evaluate import evaluate
+
     reject_config(args)
     payload = call_api(evaluate, args, overrides=cli_overrides(args))
     print_scores(payload, payload["output_dir"])

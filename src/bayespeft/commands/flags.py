@@ -14,9 +14,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from ..choices import BUILTIN_METHODS
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..methods import method_names
 
 __all__ = [
     "OUTPUT_DIR_FLAGS",
@@ -141,7 +141,7 @@ def add_config_flags(parser: argparse.ArgumentParser, *, training: bool = True) 
     group = parser.add_argument_group("config shortcuts")
     for flags, key, kind, text in VALUE_FLAGS:
         if has_config_key(key) and (training or not is_training_key(key)):
-            text = text.format(methods=", ".join(method_names()))
+            text = text.format(methods=", ".join(BUILTIN_METHODS))
             group.add_argument(*flags, dest=key, type=kind, default=None, help=f"{text} [{key}]")
     for flag, (key, value) in SWITCH_FLAGS.items():
         if training or not is_training_key(key):

@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from ..rundir import path_flag
-from ..workflows.ood import ood
 from .dispatch import call_api
 from .flags import add_config_flags, cli_overrides, reject_config
 
@@ -34,6 +33,8 @@ def add_ood_parser(subparsers: Any) -> None:
 
 def run_ood(args: argparse.Namespace) -> int:
     """Run ``bayespeft ood`` and print the summary table."""
+    from ..workflows.ood import ood
+
     reject_config(args)
     summary = call_api(ood, args, overrides=cli_overrides(args))
     print(summary["table"], end="")

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from accelerate import PartialState
-
 __all__ = ["print_scores"]
 
 
 def print_scores(payload: dict[str, Any], where: str | Path) -> None:
     """Print a metrics payload's headline scores and where they were written (once, under torchrun)."""
+    from accelerate import PartialState
+
     if not PartialState().is_main_process:
         return
     m = payload["metrics"]

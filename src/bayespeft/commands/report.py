@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..experiments.report import DEFAULT_GROUP_BY, DEFAULT_METRICS, GROUP_FIELDS, report
+from ..choices import DEFAULT_GROUP_BY, GROUP_FIELDS, REPORT_METRICS
 from ..rundir import path_flag
 from .dispatch import call_api
 from .flags import OUTPUT_DIR_FLAGS
@@ -28,7 +28,7 @@ def add_report_parser(subparsers: Any) -> None:
         *OUTPUT_DIR_FLAGS, type=path_flag("--output-dir"), required=True, help="folder for the report files"
     )
     parser.add_argument(
-        "--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated metrics (default: %(default)s)"
+        "--metrics", default=",".join(REPORT_METRICS), help="comma-separated metrics (default: %(default)s)"
     )
     parser.add_argument(
         "--group-by",
@@ -41,6 +41,8 @@ def add_report_parser(subparsers: Any) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     """Run ``bayespeft report``: write the report and print the Markdown table; returns 0."""
+    from ..experiments.report import report
+
     written = call_api(report, args)
     print(written["markdown"].read_text(encoding="utf-8"), end="")
     print(f"wrote {', '.join(p.name for p in written.values())} -> {args.output_dir}")

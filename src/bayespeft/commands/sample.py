@@ -7,7 +7,6 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..rundir import path_flag
-from ..sampling.sample import sample
 from .dispatch import call_api
 from .flags import add_config_flags, cli_overrides
 
@@ -41,6 +40,8 @@ def add_sample_parser(subparsers: Any) -> None:
 
 def run_sample(args: argparse.Namespace) -> int:
     """Run ``bayespeft sample`` and print what this machine sampled."""
+    from ..sampling.sample import sample
+
     if getattr(args, "eval.n_samples") is not None:
         raise ConfigError("--n-samples: sets eval.n_samples, which sampling does not read; use generation.n_samples=S")
     done = call_api(sample, args, overrides=cli_overrides(args))

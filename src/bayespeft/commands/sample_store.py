@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..choices import EXPORT_FORMATS
 from ..errors import ConfigError
 from ..rundir import path_flag
-from ..sampling.stores import EXPORT_FORMATS, export_store, merge_stores, salvage_store, store_info
 
 __all__ = ["add_sample_store_parser", "run_sample_store"]
 
@@ -40,6 +40,8 @@ def add_sample_store_parser(subparsers: Any) -> None:
 
 def run_sample_store(args: argparse.Namespace) -> int:
     """Run ``bayespeft sample-store merge|export|salvage|info`` and print the outcome."""
+    from ..sampling.stores import export_store, merge_stores, salvage_store, store_info
+
     if args.overrides:
         raise ConfigError(f"sample-store {args.action}: unexpected argument {args.overrides[0]!r}")
     if args.action == "merge":

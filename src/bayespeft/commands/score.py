@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..choices import CLUSTERINGS, CORRECTNESS_JUDGES, REFERENCE_AGGREGATES
 from ..errors import ConfigError
-from ..metrics import REFERENCE_AGGREGATES
 from ..rundir import path_flag
-from ..sampling.score import CLUSTERINGS, CORRECTNESS_JUDGES, score
 from .dispatch import call_api
 from .flags import OUTPUT_DIR_FLAGS
 
@@ -65,6 +64,8 @@ def add_score_parser(subparsers: Any) -> None:
 
 def run_score(args: argparse.Namespace) -> int:
     """Run ``bayespeft score`` and print the tables."""
+    from ..sampling.score import score
+
     if args.overrides:
         raise ConfigError(f"score: unexpected argument {args.overrides[0]!r}")
     payload = call_api(score, args, stores=args.store)

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..experiments.sweep import sweep
 from ..rundir import path_flag
 from .dispatch import call_api
 from .flags import OUTPUT_DIR_FLAGS, spec_file_and_overrides
@@ -47,6 +46,8 @@ def add_sweep_parser(subparsers: Any) -> None:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """Run ``bayespeft sweep`` and print the plan or the results; returns 0 when every point finished, 1 otherwise."""
+    from ..experiments.sweep import sweep
+
     spec, overrides = spec_file_and_overrides(args, "sweep")
     manifest = call_api(sweep, args, spec=spec, overrides=overrides)
     points = manifest["points"]

@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from ..rundir import path_flag
-from ..workflows.train import train
 from .dispatch import call_api
 from .flags import OUTPUT_DIR_FLAGS, add_config_flags, cli_overrides
 from .output import print_scores
@@ -37,6 +36,8 @@ def add_train_parser(subparsers: Any) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``bayespeft train`` and print the scores (or how to resume a paused run)."""
+    from ..workflows.train import train
+
     payload = call_api(train, args, overrides=cli_overrides(args))
     if payload["status"] == "paused":
         print(f"stopped after step {payload['step']}; continue with: bayespeft train -o {args.output_dir} --resume")

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..experiments.tune import tune
 from ..rundir import path_flag
 from .dispatch import call_api
 from .flags import OUTPUT_DIR_FLAGS, spec_file_and_overrides
@@ -62,6 +61,8 @@ def add_tune_parser(subparsers: Any) -> None:
 
 def run_tune(args: argparse.Namespace) -> int:
     """Run ``bayespeft tune`` and print the Pareto table; returns 0 unless every trial of this call failed (then 1)."""
+    from ..experiments.tune import tune
+
     spec, overrides = spec_file_and_overrides(args, "tune")
     summary = call_api(tune, args, spec=spec, overrides=overrides)
     rows = {r["trial"]: r for r in summary["trials"]}

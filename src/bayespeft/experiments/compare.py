@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import write_json_atomic
+from ..choices import COMPARE_METRICS, TEMPERATURE
 from ..compose import override_item
 from ..config import RunConfig, load_config, save_config
 from ..data.classification import list_classification_datasets
@@ -72,10 +73,7 @@ __all__ = [
     "plot_comparison",
 ]
 
-#: The pseudo-method of a temperature-scaled MLE run.
-TEMPERATURE = "temperature"
-#: Metrics of the tables and the figure unless --metrics says otherwise.
-DEFAULT_METRICS = ("acc", "ece", "nll")
+DEFAULT_METRICS = COMPARE_METRICS
 _SOURCE = "mle"  # the method post-hoc methods start from
 _METHOD_KEY, _DATA_KEY, _SEED_KEY = "method", "data.dataset", "train.seed"
 # Colour-blind-safe (Okabe-Ito) colours and markers, one pair per method.

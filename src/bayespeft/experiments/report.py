@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..choices import DEFAULT_GROUP_BY, GROUP_FIELDS, REPORT_METRICS
 from ..errors import BayesPeftError, ConfigError, RunDirError
 from ..metrics.checks import check_n_bins
 from ..metrics.reliability import (
@@ -66,10 +67,7 @@ __all__ = [
     "write_report",
 ]
 
-#: Fields a result can be grouped on (``seed`` is what is averaged over).
-GROUP_FIELDS = ("method", "model", "dataset", "split", "n_samples")
-DEFAULT_GROUP_BY = ("dataset", "method", "n_samples")
-DEFAULT_METRICS = ("acc", "ece", "nll", "brier")
+DEFAULT_METRICS = REPORT_METRICS
 #: Metrics shown multiplied by these factors (percent); the others as they are.
 DEFAULT_SCALE: Mapping[str, float] = {"acc": 100, "ece": 100}
 

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..choices import REFERENCE_AGGREGATES
+
 __all__ = [
     "REFERENCE_AGGREGATES",
     "ROUGE_TYPES",
@@ -48,8 +50,6 @@ _DTYPE = torch.float64
 
 #: ROUGE variants scored by default (F1 of unigrams, bigrams and the longest common subsequence).
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-#: How the scores against several references of one example are summarised, in key order.
-REFERENCE_AGGREGATES = ("max", "mean", "min")
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)

@@ -41,11 +41,11 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import write_json_atomic, write_text_atomic
+from ..choices import CLUSTERINGS, CORRECTNESS_JUDGES, REFERENCE_AGGREGATES
 from ..config import check_seed
 from ..data.generative import QAExample, load_generative_dataset
 from ..errors import ConfigError, DataError
 from ..metrics import (
-    REFERENCE_AGGREGATES,
     ROUGE_TYPES,
     AnswerSamples,
     BERTScore,
@@ -81,8 +81,6 @@ __all__ = [
 
 #: Datasets whose generations are summaries (scored by ROUGE and BERTScore), not short answers.
 SUMMARIZATION_DATASETS = frozenset({"dialogsum"})
-CORRECTNESS_JUDGES = ("em", "f1", "nli", "llm")
-CLUSTERINGS = ("nli", "embedding")
 #: Uncertainty scores drawn in the accuracy-rejection figure (the answer counts are coarse; all are in the table).
 FIGURE_SCORES = (
     "predictive_entropy",

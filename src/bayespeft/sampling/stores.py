@@ -6,14 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..choices import EXPORT_FORMATS
 from ..errors import ConfigError
 from ..rundir import check_writable
 from ..sample_store import SalvageResult, SampleStore, merge, salvage, shard_paths
 
 __all__ = ["EXPORT_FORMATS", "export_store", "merge_stores", "salvage_store", "store_info"]
-
-#: The formats a store exports to.
-EXPORT_FORMATS = ("jsonl", "parquet")
 
 
 def merge_stores(store: str | Path, *, shards: int | None = None, inputs: Sequence[str | Path] = ()) -> int:
