@@ -96,10 +96,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (the methods first: they register the configs' method names)."""
+    """Import a public name's module on first use."""
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    importlib.import_module(".methods", __name__)
     value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     globals()[name] = value
     return value

@@ -8,6 +8,7 @@ field), and saved resolved in the run directory so the run can be reproduced or 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import re
 import types
@@ -53,7 +54,13 @@ def register_method_config(name: str, config_class: type[MethodConfig]) -> None:
 
 
 def method_config_class(name: str) -> type[MethodConfig]:
-    """The config class of method ``name``; an unknown name is a ConfigError listing the known ones."""
+    """The config class of method ``name``; an unknown name is a ConfigError listing the known ones.
+
+    A name not yet registered first loads the built-in methods (by name, at call time: config imports no
+    method module), so ``load_config`` works whichever bayespeft module a program imported first.
+    """
+    if name.lower() not in _METHOD_CONFIGS:
+        importlib.import_module("bayespeft.methods")
     try:
         return _METHOD_CONFIGS[name.lower()]
     except KeyError:
