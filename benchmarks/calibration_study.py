@@ -613,59 +613,63 @@ def probe_targets(
     probe_store: dict[str, Any] | None = None,
     resamples: int = 1000,
 ) -> list[str]:
-    """The BLoB target for each probed setting, dataset by dataset, against MLE of the same seed: the
-    probe's own MLE where it ran one under the same overrides, else the grid's; the grid's BLoB at the
-    package defaults is listed first for the same datasets and seeds. A row per seed; the verdict line
-    judges each dataset on the means over its seeds. Where both runs' predictions are stored (the grid's
-    ``store``, the probes' ``probe_store``), ΔACC comes with its paired 95 % interval: the ACC clause is
-    often decided by a point or two on 500 questions."""
+    """The BLoB target for each probed setting (BLoB's, or another method's as a control), dataset by
+    dataset, against MLE of the same seed: the probe's own MLE where it ran one under the same overrides,
+    else the grid's; the grid's BLoB at the package defaults is listed first for the same datasets and
+    seeds. A row per seed; the verdict line judges each dataset on the means over its seeds. Where both
+    runs' predictions are stored (the grid's ``store``, the probes' ``probe_store``), ΔACC comes with its
+    paired 95 % interval: the ACC clause is often decided by a point or two on 500 questions."""
 
-    def pair(blob: dict, mle: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    def pair(probed: dict, mle: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         ours, ref = (
             (probe_store or {}).get(probe_key(r)) if "probe" in r else (store or {}).get(record_key(r))
-            for r in (blob, mle)
+            for r in (probed, mle)
         )
         return paired_predictions(ours, ref)
 
-    settings: dict[tuple[str, str], list[dict]] = {}
+    settings: dict[tuple[str, str], list[dict]] = {}  # (backbone, setting) -> the probed method's runs
+    own_mle: dict[tuple[str, str, str, int], dict] = {}  # (backbone, extra, dataset, seed) -> MLE under them
     for record in probes:
-        settings.setdefault((record["backbone"], f"`{record['extra']}`"), []).append(record)
+        if record["method"] == REFERENCE:
+            own_mle[(record["backbone"], record["extra"], record["dataset"], record["seed"])] = record
+        else:
+            setting = (
+                f"`{record['extra']}`" if record["method"] == "blob" else f"{record['method']} `{record['extra']}`"
+            )
+            settings.setdefault((record["backbone"], setting), []).append(record)
     for backbone in sorted({b for b, _ in settings}):
-        probed = {(r["dataset"], r["seed"]) for (b, _), rs in settings.items() if b == backbone for r in rs}
-        grid = [r for (d, s) in sorted(probed) for r in groups.get((backbone, d, "blob"), []) if r["seed"] == s]
+        units = {(r["dataset"], r["seed"]) for (b, _), rs in settings.items() if b == backbone for r in rs}
+        grid = [r for (d, s) in sorted(units) for r in groups.get((backbone, d, "blob"), []) if r["seed"] == s]
         settings[(backbone, "package defaults (grid)")] = grid
     out = [
-        "| backbone | BLoB setting | dataset | seed | ACC | ECE | NLL | ECE / MLE | NLL / MLE | ΔACC [95% CI] | target "
-        "| training NLL, last epoch |",
+        "| backbone | setting (BLoB unless a method is named) | dataset | seed | ACC | ECE | NLL | ECE / MLE "
+        "| NLL / MLE | ΔACC [95% CI] | target | training NLL, last epoch |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     for (backbone, setting), records in sorted(settings.items(), key=lambda item: (item[0][0], "`" in item[0][1])):
-        pairs: dict[str, list[tuple[dict, dict]]] = {}  # dataset -> (BLoB, its MLE) per seed
+        pairs: dict[str, list[tuple[dict, dict]]] = {}  # dataset -> (probed run, its MLE) per seed
         predicted: dict[str, list] = {}  # dataset -> the paired predictions of each seed (None: not stored)
-        for blob in sorted((r for r in records if r["method"] == "blob"), key=lambda r: (r["dataset"], r["seed"])):
-            same = [
-                r
-                for r in records
-                if r["method"] == REFERENCE and (r["dataset"], r["seed"]) == (blob["dataset"], blob["seed"])
-            ]
-            grid = [r for r in groups.get((backbone, blob["dataset"], REFERENCE), []) if r["seed"] == blob["seed"]]
+        for probed in sorted(records, key=lambda r: (r["dataset"], r["seed"])):
+            same = own_mle.get((backbone, probed.get("extra"), probed["dataset"], probed["seed"]))
+            grid = [r for r in groups.get((backbone, probed["dataset"], REFERENCE), []) if r["seed"] == probed["seed"]]
             if not (same or grid):
                 continue
-            mle = (same or grid)[0]
-            pairs.setdefault(blob["dataset"], []).append((blob, mle))
-            predicted.setdefault(blob["dataset"], []).append(pair(blob, mle))
-            ece, nll, dacc, ok = blob_target(blob, mle)
-            scores = " | ".join(f"{blob[k]:.3f}" for k in ("acc", "ece", "nll"))
-            paired = predicted[blob["dataset"]][-1]
+            mle = same or grid[0]
+            pairs.setdefault(probed["dataset"], []).append((probed, mle))
+            predicted.setdefault(probed["dataset"], []).append(pair(probed, mle))
+            ece, nll, dacc, ok = blob_target(probed, mle)
+            scores = " | ".join(f"{probed[k]:.3f}" for k in ("acc", "ece", "nll"))
+            paired = predicted[probed["dataset"]][-1]
             delta = _interval(paired_interval([paired], resamples)["acc"]) if paired else f"{dacc:+.3f}"
+            train_nll = probed.get("train_nll_last_epoch", float("nan"))
             out.append(
-                f"| {backbone} | {setting} | {blob['dataset']} | {blob['seed']} | {scores} | x{ece:.2f} | x{nll:.2f} "
-                f"| {delta} | {'met' if ok else 'not met'} | {blob.get('train_nll_last_epoch', float('nan')):.3f} |"
+                f"| {backbone} | {setting} | {probed['dataset']} | {probed['seed']} | {scores} | x{ece:.2f} "
+                f"| x{nll:.2f} | {delta} | {'met' if ok else 'not met'} | {train_nll:.3f} |"
             )
         met, intervals = [], []
         for dataset, seeds in pairs.items():  # judged on the means over seeds, as the study's table is
-            sides = zip(*seeds, strict=True)  # all the BLoB runs, then all their MLEs
+            sides = zip(*seeds, strict=True)  # all the probed runs, then all their MLEs
             means = [{k: fmean(run[k] for run in side) for k in ("acc", "ece", "nll")} for side in sides]
             if blob_target(*means)[3]:
                 met.append(dataset if len(seeds) == 1 else f"{dataset}, mean of {len(seeds)} seeds")

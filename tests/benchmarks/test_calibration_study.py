@@ -86,6 +86,26 @@ def test_probe_targets_judge_each_setting_against_the_right_mle(study):
     assert "- b, package defaults (grid): met on 0 of 1 (none)" in lines
 
 
+def test_a_probe_of_another_method_is_judged_as_a_control_under_its_name(study):
+    """A MAP probe is a row of its own, named by its method, against the grid's MLE; a BLoB probe with the
+    same overrides stays a separate setting; the probe's own MLE is a reference, never a row."""
+    grid_mle = {"backbone": "b", "dataset": "d", "method": "mle", "seed": 1, "acc": 0.60, "ece": 0.40, "nll": 2.0}
+    groups = {("b", "d", "mle"): [grid_mle]}
+    control = {**grid_mle, "method": "map", "acc": 0.58, "ece": 0.10, "nll": 1.0, "extra": "method.weight_decay=20"}
+    blob = {**control, "method": "blob", "acc": 0.61}
+    lines = study.probe_targets([control, blob], groups)
+    rows = [line for line in lines if line.startswith("| b |")]
+    assert len(rows) == 2
+    assert any(row.startswith("| b | map `method.weight_decay=20` | d | 1 | 0.580 |") for row in rows)
+    assert any(row.startswith("| b | `method.weight_decay=20` | d | 1 | 0.610 |") for row in rows)
+    assert "- b, map `method.weight_decay=20`: met on 0 of 1 (none)" in lines  # 2 points below MLE
+    assert "- b, `method.weight_decay=20`: met on 1 of 1 (d)" in lines
+    own = {**grid_mle, "extra": "method.weight_decay=20", "acc": 0.50}
+    lines = study.probe_targets([control, own], groups)
+    rows = [line for line in lines if line.startswith("| b |")]
+    assert len(rows) == 1 and rows[0].endswith("| x0.25 | x0.50 | +0.080 | met | nan |")  # against its own MLE
+
+
 WRITER = """
 import importlib.util, sys
 from pathlib import Path
