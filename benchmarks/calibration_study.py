@@ -23,6 +23,12 @@ against MLE of the same seed, with a paired interval on ΔACC where both runs' p
         --seeds 1 --extra method.kl_lr=0.05 --work-dir runs/probe_kllr05 --out runs/probe_kllr05/results.json
     python benchmarks/calibration_study.py add-probes runs/probe_kllr05/results.json \
         --to benchmarks/results/smollm2_blob_probes.json --name kl_lr_0.05
+
+A probe of another method (MAP at the same weight decay, say) is a control, judged the same way; ``paired``
+sets any two stored runs against each other on their common examples:
+
+    python benchmarks/calibration_study.py paired smollm2-135m/arc_challenge/blob/1@wd_20 \
+        smollm2-135m/arc_challenge/map/1@map_wd_20 --results benchmarks/results/smollm2_blob_probes.json
 """
 
 from __future__ import annotations
@@ -680,6 +686,25 @@ def probe_targets(
     return [*out, "", *verdicts]
 
 
+def paired_runs(first: str, second: str, results: list[Path], resamples: int) -> list[str]:
+    """``first`` minus ``second`` on the examples both were evaluated on, with 95 % paired-bootstrap intervals:
+    any two stored runs, grid (``backbone/dataset/method/seed``) or probe (``...@name``), e.g. a BLoB
+    probe against a MAP control at the same weight decay."""
+    stored = {}
+    for path in results:
+        stored |= load_predictions_store(predictions_path(path))
+    missing = [key for key in (first, second) if key not in stored]
+    if missing:
+        where = ", ".join(str(predictions_path(path)) for path in results)
+        raise DataError(f"{missing[0]}: no stored predictions under that key in {where}")
+    pair = paired_predictions(stored[first], stored[second])
+    if pair is None:
+        raise DataError(f"{first}, {second}: evaluated on different examples, so they cannot be paired")
+    deltas = paired_interval([pair], resamples)
+    cells = ", ".join(f"Δ{'Brier' if k == 'brier' else k.upper()} {_interval(deltas[k])}" for k in METRICS)
+    return [f"{first} minus {second} ({len(pair[2])} examples, 95 % paired bootstrap): {cells}"]
+
+
 def plot_reliability(store: dict, runs: list[dict], backbone: str, datasets: list[str], path: Path) -> None:
     """Reliability diagrams side by side: a row per dataset, a column per method (pooled over seeds)."""
     import matplotlib
@@ -782,6 +807,13 @@ def parse_args() -> argparse.Namespace:
     probes_parser.add_argument("source", type=Path, help="the --out of the `run --extra ...`")
     probes_parser.add_argument("--to", type=Path, required=True, help="the probes JSON (created if missing)")
     probes_parser.add_argument("--name", help="the probe's name (default: its overrides)")
+    paired_parser = sub.add_parser("paired", help="one stored run minus another, with paired intervals")
+    paired_parser.add_argument("first", help="a run key (backbone/dataset/method/seed) or probe key (...@name)")
+    paired_parser.add_argument("second", help="the run it is compared against")
+    paired_parser.add_argument(
+        "--results", nargs="+", type=Path, default=[RESULTS], help="results or probes JSON files (predictions beside)"
+    )
+    paired_parser.add_argument("--resamples", type=int, default=1000)
     report_parser = sub.choices["report"]
     report_parser.add_argument("--resamples", type=int, default=1000)
     report_parser.add_argument("--figures", help="folder for the reliability grid and the held-out NLL curves")
@@ -803,6 +835,9 @@ def main() -> None:
         return
     if args.command == "add-probes":
         add_probes(args.source, args.to, args.name)
+        return
+    if args.command == "paired":
+        print("\n".join(paired_runs(args.first, args.second, args.results, args.resamples)))
         return
     spec = load_spec(args.spec)
     backbones = args.backbone.split(",") if args.backbone else list(spec["backbones"])

@@ -255,3 +255,27 @@ def test_probe_rows_give_delta_acc_a_paired_interval_where_predictions_are_store
     probe_store["b/d/blob/2@p"] = probe_store["b/d/blob/1@p"]
     lines = study.probe_targets([probe | {"seed": 1}, probe | {"seed": 2}], groups, store, probe_store, 200)
     assert lines[-1].startswith("- b, `k=1`: met on 1 of 1 (d, mean of 2 seeds); ΔACC over the seeds: d **+0.100** [")
+
+
+def test_paired_compares_any_two_stored_runs_and_refuses_an_unknown_key(study, tmp_path):
+    """A probe and a grid run from two results files; 60 % against 50 % right on the same 300 questions."""
+    labels = [i % 2 for i in range(300)]
+    grid, probes = tmp_path / "grid.json", tmp_path / "probes.json"
+    study.save_predictions_store(
+        study.predictions_path(grid), {"b/d/mle/1": predictions(0.9, labels, [i % 2 == 0 for i in range(300)])}
+    )
+    study.save_predictions_store(
+        study.predictions_path(probes), {"b/d/map/1@wd": predictions(0.6, labels, [i % 5 < 3 for i in range(300)])}
+    )
+    (line,) = study.paired_runs("b/d/map/1@wd", "b/d/mle/1", [grid, probes], 200)
+    assert line.startswith("b/d/map/1@wd minus b/d/mle/1 (300 examples, 95 % paired bootstrap): ΔACC **+0.100** [")
+    assert "ΔECE **-0.400** [" in line  # 0.6 on 60 % right (ECE 0) against 0.9 on 50 % (ECE 0.4)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "paired", "b/d/blob/1", "b/d/mle/1", "--results", str(grid)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: b/d/blob/1: no stored predictions under that key in {study.predictions_path(grid)}"
+    )
