@@ -34,6 +34,8 @@ def test_registry_and_defaults():
         ("blob", {"kl_period": "weekly"}, "method.kl_period"),
         ("blob", {"optimization": "lbfgs"}, "method.optimization"),
         ("blob", {"std_parameterization": "exp"}, "method.std_parameterization"),
+        ("blob", {"mean_weight_decay": -1.0}, "method.mean_weight_decay"),
+        ("inducing", {"mean_weight_decay": -1.0}, "method.mean_weight_decay"),
         ("blob", {"eps": -0.1, "std_parameterization": "square"}, "method.eps"),
         ("blob_laplace", {"beta": 0}, "method.beta"),
         ("map", {"weight_decay": 0}, "method.weight_decay"),

@@ -154,3 +154,38 @@ def test_blob_kl_step_warning_names_the_overshoot_it_predicts():
 def build_blob_optimization(**overrides):
     method, model = injected("blob", kl_period="epoch", **overrides)
     return method, model, method.build_optimization(model, TRAIN, CONTEXT)
+
+
+@pytest.mark.parametrize("optimization", ["split", "elbo"])
+def test_blob_mean_weight_decay_leaves_the_means_to_their_own_decay(optimization):
+    """``mean_weight_decay`` splits AdamW's decay: B (and rho in ELBO mode) at train.weight_decay, A's means apart."""
+    train = TrainConfig(lr=1e-2, warmup_ratio=0.0, weight_decay=20.0)
+    method, model = injected("blob", kl_period="epoch", optimization=optimization, mean_weight_decay=0.0)
+    main = method.build_optimization(model, train, CONTEXT).optimizers["main"]
+    decay_of = {id(p): g["weight_decay"] for g in main.param_groups for p in g["params"]}
+    a, b = _named(model, "lora_A."), _named(model, "lora_B.")
+    assert {decay_of[id(p)] for p in a.values()} == {0.0}
+    assert {decay_of[id(p)] for p in b.values()} == {20.0}
+    # without it every parameter of the AdamW step shares train.weight_decay, as before
+    method, model = injected("blob", kl_period="epoch", optimization=optimization)
+    main = method.build_optimization(model, train, CONTEXT).optimizers["main"]
+    assert [g["weight_decay"] for g in main.param_groups] == [20.0]
+
+
+def test_blob_mean_weight_decay_zero_keeps_a_mean_where_decay_would_shrink_it():
+    """One ELBO step at a huge decay: decayed, a mean is first halved (1 - lr wd); at 0 it takes the Adam step alone."""
+    train = TrainConfig(lr=1e-2, warmup_ratio=0.0, weight_decay=50.0)
+    steps = {}
+    for mean_decay in (None, 0.0):
+        torch.manual_seed(0)
+        method, model = injected("blob", kl_period="epoch", optimization="elbo", mean_weight_decay=mean_decay)
+        opt = method.build_optimization(model, train, CONTEXT)
+        name = next(iter(_named(model, "lora_A.default")))
+        before = _snapshot(model)[name]
+        with method.sampling(True, seed=0):
+            opt.step(_nll(model, token_ids()), lambda loss: loss.backward())
+        steps[mean_decay] = (before, _named(model, "lora_A.default")[name].detach().clone())
+    (before_decayed, after_decayed), (before_free, after_free) = steps[None], steps[0.0]
+    torch.testing.assert_close(before_decayed, before_free)
+    # the decoupled decay multiplies by 1 - lr * wd = 0.5 before the (identical) Adam step
+    torch.testing.assert_close(after_free - after_decayed, 0.5 * before_free, rtol=1e-4, atol=1e-6)

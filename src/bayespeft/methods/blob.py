@@ -52,8 +52,10 @@ class BlobConfig(MethodConfig):
     kl_period: str = KLPeriod.DATASET_RESCALED.value
     optimization: str = BlobOptimization.SPLIT.value
     std_parameterization: str | None = None  # None: square if eps > 0 else softplus (as the reference)
+    mean_weight_decay: float | None = None  # AdamW decay on the posterior means; None: train.weight_decay
 
     def validate(self) -> None:
+        require_mean_weight_decay(self.mean_weight_decay)
         require(self.eps != 0, "method.eps", "must be non-zero (> 0: G = rho^2, < 0: G = softplus(rho))")
         require(self.beta > 0, "method.beta", f"must be > 0 (got {self.beta})")
         require(self.gamma > 0, "method.gamma", f"must be > 0 (got {self.gamma})")
@@ -83,6 +85,29 @@ class BlobLaplaceConfig(BlobConfig):
     """BLoB with Laplace(M, G) posterior entries and a Laplace(0, beta) prior."""
 
     name = "blob_laplace"
+
+
+def require_mean_weight_decay(value: float | None) -> None:
+    """``method.mean_weight_decay`` is null or >= 0."""
+    require(value is None or value >= 0, "method.mean_weight_decay", f"must be >= 0 or null (got {value})")
+
+
+def decay_groups(
+    params: list[nn.Parameter], means: list[nn.Parameter], decay: float, mean_decay: float | None
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups: ``params`` at ``decay``, except the posterior ``means`` at ``mean_decay`` if given.
+
+    With a KL on A already pulling its means to the prior, ``train.weight_decay`` can be meant as a Gaussian
+    prior on the deterministic factor alone (B); ``mean_weight_decay = 0`` says so.
+    """
+    if mean_decay is None:
+        return [{"params": params, "weight_decay": decay}]
+    mean_ids = {id(p) for p in means}
+    groups = [
+        {"params": [p for p in params if id(p) not in mean_ids], "weight_decay": decay},
+        {"params": [p for p in params if id(p) in mean_ids], "weight_decay": mean_decay},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def posterior_std(rho: torch.Tensor, parameterization: StdParameterization) -> torch.Tensor:
@@ -286,12 +311,12 @@ class BlobLora(Method):
         }
         adamw = torch.optim.AdamW
         if cfg.optimization == BlobOptimization.ELBO:
-            optimizer = adamw(
-                lora_params + rho_params, lr=train.lr, eps=train.adam_eps, weight_decay=train.weight_decay
-            )
+            groups = decay_groups(lora_params + rho_params, mean_params, train.weight_decay, cfg.mean_weight_decay)
+            optimizer = adamw(groups, lr=train.lr, eps=train.adam_eps)
             optimizers = {"main": optimizer}
         else:
-            optimizer = adamw(lora_params, lr=train.lr, eps=train.adam_eps, weight_decay=train.weight_decay)
+            groups = decay_groups(lora_params, mean_params, train.weight_decay, cfg.mean_weight_decay)
+            optimizer = adamw(groups, lr=train.lr, eps=train.adam_eps)
             kl_optimizer = torch.optim.SGD(mean_params + rho_params, lr=cfg.kl_lr)
             if self.kl_step_bounded:
                 info["kl_step_warning"] = kl_step_warning(cfg, summary.max_weight)

@@ -60,7 +60,7 @@ from ..config import MethodConfig, require
 from ..enums import BlobOptimization, KLPeriod, KLSchedule, StrEnum
 from ..errors import ConfigError
 from .base import MeanMergeVariant, SamplingState, block_noise, held_noise, register_method, split_groups, unwrap_peft
-from .blob import BlobLora
+from .blob import BlobLora, require_mean_weight_decay
 
 FACTOR_A = "lora_inducing_A"  # names contain "lora_" so that peft saves and loads them
 FACTOR_B = "lora_inducing_B"
@@ -97,8 +97,10 @@ class InducingConfig(MethodConfig):
     kl_schedule: str = KLSchedule.CYCLIC.value
     kl_period: str = KLPeriod.DATASET_RESCALED.value
     optimization: str = BlobOptimization.ELBO.value
+    mean_weight_decay: float | None = None  # AdamW decay on the posterior means; None: train.weight_decay
 
     def validate(self) -> None:
+        require_mean_weight_decay(self.mean_weight_decay)
         for field in ("inducing_rank", "inducing_width"):
             size = getattr(self, field)
             ok = size is None or (isinstance(size, int) and not isinstance(size, bool) and size >= 1)
