@@ -101,15 +101,25 @@ def load_spec(path: Path = SPEC) -> dict[str, Any]:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def plan(spec: dict[str, Any], backbones: Iterable[str], datasets: set[str] | None, data_dir: str) -> list[Unit]:
-    """Every unit of the grid for ``backbones`` (and ``datasets`` if given), seeds outermost."""
+def plan(
+    spec: dict[str, Any],
+    backbones: Iterable[str],
+    datasets: set[str] | None,
+    data_dir: str,
+    every_seed: bool = False,
+) -> list[Unit]:
+    """Every unit of the grid for ``backbones`` (and ``datasets`` if given), seeds outermost.
+
+    ``every_seed`` lifts the spec's per-method ``seeds_for`` budget: every method on every seed of the grid
+    (for a caller that names the methods and seeds it wants, e.g. a control's second seed).
+    """
     units = []
     for backbone in backbones:
         grid = spec["backbones"][backbone]
         per_epoch = grid["train_examples"] // _batch_size(grid["overrides"])
         steps = grid["epochs"] * per_epoch
         for seed in grid["seeds"]:
-            seeds_for = grid.get("seeds_for")  # per method; the others run the first seed only
+            seeds_for = None if every_seed else grid.get("seeds_for")  # per method; others: the first seed
             methods = tuple(
                 m for m in spec["methods"] if seeds_for is None or seed in seeds_for.get(m, grid["seeds"][:1])
             )
@@ -796,7 +806,11 @@ def parse_args() -> argparse.Namespace:
     run.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each process")
     run.add_argument("--dry-run", action="store_true", help="validate every unit with `compare --dry-run`")
     run.add_argument("--methods", help="comma-separated: run only these of each unit's methods (and their MLE source)")
-    run.add_argument("--seeds", help="comma-separated: run only these of the spec's seeds")
+    run.add_argument(
+        "--seeds",
+        help="comma-separated: run only these of the spec's seeds (with --methods: those methods on these seeds, "
+        "beyond the spec's seeds_for)",
+    )
     run.add_argument(
         "--extra", nargs="+", default=[], metavar="KEY=VALUE", help="overrides added to every unit (after the spec's)"
     )
@@ -845,7 +859,9 @@ def main() -> None:
     if unknown:
         raise ConfigError(f"--backbone: {unknown[0]} is not in {SPEC} (choose from {', '.join(spec['backbones'])})")
     datasets = set(args.datasets.split(",")) if args.datasets else None
-    units = plan(spec, backbones, datasets, args.data_dir)
+    # naming both the methods and the seeds asks for exactly those runs, beyond the spec's seeds_for budget
+    named = bool(getattr(args, "methods", None) and getattr(args, "seeds", None))
+    units = plan(spec, backbones, datasets, args.data_dir, every_seed=named)
     if getattr(args, "methods", None):
         chosen = args.methods.split(",")
         units = [

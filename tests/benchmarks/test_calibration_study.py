@@ -279,3 +279,35 @@ def test_paired_compares_any_two_stored_runs_and_refuses_an_unknown_key(study, t
     assert result.stderr.strip() == (
         f"error: b/d/blob/1: no stored predictions under that key in {study.predictions_path(grid)}"
     )
+
+
+def test_every_seed_lifts_the_per_method_seed_budget(study):
+    """The spec runs MAP on the first seed only; a caller naming MAP and seed 2 gets that run."""
+    spec = {
+        "methods": ["mle", "blob", "map"],
+        "backbones": {
+            "b": {
+                "train_examples": 8,
+                "epochs": 2,
+                "eval_every_epochs": 1,
+                "seeds": [1, 2],
+                "seeds_for": {"mle": [1, 2], "blob": [1, 2]},
+                "overrides": ["train.batch_size=4"],
+                "datasets": {"d": []},
+            }
+        },
+    }
+    budget = {u.seed: u.methods for u in study.plan(spec, ["b"], None, "data")}
+    assert budget == {1: ("mle", "blob", "map"), 2: ("mle", "blob")}
+    lifted = {u.seed: u.methods for u in study.plan(spec, ["b"], None, "data", every_seed=True)}
+    assert lifted == {1: ("mle", "blob", "map"), 2: ("mle", "blob", "map")}
+
+
+def test_run_with_named_methods_and_seeds_plans_a_control_beyond_the_budget(tmp_path):
+    """`run --methods map --seeds 2 --dry-run` on the real spec plans and validates MAP's seed 2 (before: nothing)."""
+    command = [sys.executable, str(SCRIPT), "run", "--backbone", "smollm2-135m", "--datasets", "winogrande_s"]
+    command += ["--methods", "map", "--seeds", "2", "--dry-run", "--out", str(tmp_path / "r.json")]
+    result = subprocess.run([*command, "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "running 1 with" in result.stdout
+    assert "smollm2-135m/winogrande_s/seed2: ok" in result.stdout
