@@ -526,6 +526,7 @@ def report(args: argparse.Namespace) -> None:
                     "delta_vs_mle": deltas,
                 }
         lines.extend(targets(backbone, datasets, groups, spec["methods"], store, args.resamples))
+        lines.extend(grid_gaps(spec, backbone, {record_key(r) for r in results["runs"]}))
     if args.figures:
         figures = Path(args.figures)
         for backbone, grid in spec["backbones"].items():
@@ -613,6 +614,35 @@ def targets(
                 line += f" (ΔECE {_interval(delta['ece'])})"
         out.append(line)
     out.append(f"- BLoB target met on {hits} of {len(datasets)}; the best Bayesian method beats temperature on {wins}")
+    return out
+
+
+def grid_gaps(spec: dict[str, Any], backbone: str, recorded: set[str]) -> list[str]:
+    """How much of ``backbone``'s planned grid is recorded, and per dataset which seeds each method still lacks.
+
+    Generated from the spec and the records, so the report says what a later session still has to run.
+    """
+    units = plan(spec, [backbone], None, "")
+    planned = [(u.dataset, m, u.seed) for u in units for m in u.methods]
+    missing = [(d, m, s) for d, m, s in planned if run_key(backbone, d, m, s) not in recorded]
+    out = [f"- grid: {len(planned) - len(missing)} of {len(planned)} planned runs recorded"]
+    if not missing:
+        return out
+    out[0] += "; still to run:"
+    for dataset in spec["backbones"][backbone]["datasets"]:
+        lacking: dict[str, list[int]] = {}
+        for d, method, seed in missing:
+            if d == dataset:
+                lacking.setdefault(method, []).append(seed)
+        by_seeds: dict[tuple[int, ...], list[str]] = {}
+        for method, seeds in lacking.items():
+            by_seeds.setdefault(tuple(sorted(seeds)), []).append(method)
+        parts = [
+            f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} of {', '.join(methods)}"
+            for seeds, methods in sorted(by_seeds.items())
+        ]
+        if parts:
+            out.append(f"  - {dataset}: " + "; ".join(parts))
     return out
 
 

@@ -311,3 +311,30 @@ def test_run_with_named_methods_and_seeds_plans_a_control_beyond_the_budget(tmp_
     assert result.returncode == 0, result.stderr
     assert "running 1 with" in result.stdout
     assert "smollm2-135m/winogrande_s/seed2: ok" in result.stdout
+
+
+def test_grid_gaps_name_each_planned_run_not_yet_recorded(study):
+    """The report's coverage line: planned runs from the spec (seeds_for included) minus the recorded ones."""
+    spec = {
+        "methods": ["mle", "blob", "map"],
+        "backbones": {
+            "b": {
+                "train_examples": 8,
+                "epochs": 2,
+                "eval_every_epochs": 1,
+                "seeds": [1, 2],
+                "seeds_for": {"mle": [1, 2], "blob": [1, 2]},
+                "overrides": ["train.batch_size=4"],
+                "datasets": {"d": [], "e": []},
+            }
+        },
+    }
+    recorded = {study.run_key("b", "d", m, s) for m in ("mle", "blob") for s in (1, 2)}
+    recorded |= {study.run_key("b", "d", "map", 1), study.run_key("b", "e", "mle", 1)}
+    assert study.grid_gaps(spec, "b", recorded) == [
+        "- grid: 6 of 10 planned runs recorded; still to run:",
+        "  - e: seed 1 of map; seeds 1, 2 of blob; seed 2 of mle",
+    ]
+    everything = recorded | {study.run_key("b", "e", m, s) for m in ("mle", "blob") for s in (1, 2)}
+    everything.add(study.run_key("b", "e", "map", 1))
+    assert study.grid_gaps(spec, "b", everything) == ["- grid: 10 of 10 planned runs recorded"]
