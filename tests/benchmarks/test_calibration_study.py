@@ -33,6 +33,24 @@ def predictions(confidence: float, labels: list[int], correct: list[bool]) -> di
     return {"ids": list(range(len(labels))), "labels": labels, "probs": probs}
 
 
+def small_spec(datasets: list[str]) -> dict:
+    """A two-seed grid of MLE, BLoB and MAP whose budget runs MAP on the first seed only."""
+    return {
+        "methods": ["mle", "blob", "map"],
+        "backbones": {
+            "b": {
+                "train_examples": 8,
+                "epochs": 2,
+                "eval_every_epochs": 1,
+                "seeds": [1, 2],
+                "seeds_for": {"mle": [1, 2], "blob": [1, 2]},
+                "overrides": ["train.batch_size=4"],
+                "datasets": {d: [] for d in datasets},
+            }
+        },
+    }
+
+
 @pytest.fixture
 def store(study):
     """300 examples, 60 % answered right by every method: 'calibrated' says 0.6, the others 0.95."""
@@ -283,20 +301,7 @@ def test_paired_compares_any_two_stored_runs_and_refuses_an_unknown_key(study, t
 
 def test_every_seed_lifts_the_per_method_seed_budget(study):
     """The spec runs MAP on the first seed only; a caller naming MAP and seed 2 gets that run."""
-    spec = {
-        "methods": ["mle", "blob", "map"],
-        "backbones": {
-            "b": {
-                "train_examples": 8,
-                "epochs": 2,
-                "eval_every_epochs": 1,
-                "seeds": [1, 2],
-                "seeds_for": {"mle": [1, 2], "blob": [1, 2]},
-                "overrides": ["train.batch_size=4"],
-                "datasets": {"d": []},
-            }
-        },
-    }
+    spec = small_spec(["d"])
     budget = {u.seed: u.methods for u in study.plan(spec, ["b"], None, "data")}
     assert budget == {1: ("mle", "blob", "map"), 2: ("mle", "blob")}
     lifted = {u.seed: u.methods for u in study.plan(spec, ["b"], None, "data", every_seed=True)}
@@ -315,20 +320,7 @@ def test_run_with_named_methods_and_seeds_plans_a_control_beyond_the_budget(tmp_
 
 def test_grid_gaps_name_each_planned_run_not_yet_recorded(study):
     """The report's coverage line: planned runs from the spec (seeds_for included) minus the recorded ones."""
-    spec = {
-        "methods": ["mle", "blob", "map"],
-        "backbones": {
-            "b": {
-                "train_examples": 8,
-                "epochs": 2,
-                "eval_every_epochs": 1,
-                "seeds": [1, 2],
-                "seeds_for": {"mle": [1, 2], "blob": [1, 2]},
-                "overrides": ["train.batch_size=4"],
-                "datasets": {"d": [], "e": []},
-            }
-        },
-    }
+    spec = small_spec(["d", "e"])
     recorded = {study.run_key("b", "d", m, s) for m in ("mle", "blob") for s in (1, 2)}
     recorded |= {study.run_key("b", "d", "map", 1), study.run_key("b", "e", "mle", 1)}
     assert study.grid_gaps(spec, "b", recorded) == [
