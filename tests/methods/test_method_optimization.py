@@ -158,7 +158,7 @@ def build_blob_optimization(**overrides):
 
 @pytest.mark.parametrize("optimization", ["split", "elbo"])
 def test_blob_mean_weight_decay_leaves_the_means_to_their_own_decay(optimization):
-    """``mean_weight_decay`` splits AdamW's decay: B (and rho in ELBO mode) at train.weight_decay, A's means apart."""
+    """``mean_weight_decay`` splits AdamW's decay: B at train.weight_decay, A's means apart (rho: never decayed)."""
     train = TrainConfig(lr=1e-2, warmup_ratio=0.0, weight_decay=20.0)
     method, model = injected("blob", kl_period="epoch", optimization=optimization, mean_weight_decay=0.0)
     main = method.build_optimization(model, train, CONTEXT).optimizers["main"]
@@ -166,10 +166,23 @@ def test_blob_mean_weight_decay_leaves_the_means_to_their_own_decay(optimization
     a, b = _named(model, "lora_A."), _named(model, "lora_B.")
     assert {decay_of[id(p)] for p in a.values()} == {0.0}
     assert {decay_of[id(p)] for p in b.values()} == {20.0}
-    # without it every parameter of the AdamW step shares train.weight_decay, as before
+    # without it A's means and B share train.weight_decay, as before
     method, model = injected("blob", kl_period="epoch", optimization=optimization)
     main = method.build_optimization(model, train, CONTEXT).optimizers["main"]
-    assert [g["weight_decay"] for g in main.param_groups] == [20.0]
+    assert [g["weight_decay"] for g in main.param_groups] == [20.0] + ([0.0] if optimization == "elbo" else [])
+
+
+@pytest.mark.parametrize("name", ["blob", "bbb"])
+def test_elbo_mode_never_decays_the_posterior_std(name):
+    """In ELBO mode rho shares AdamW with the means, but a decay on it would pull the std to 0 against the KL."""
+    train = TrainConfig(lr=1e-2, warmup_ratio=0.0, weight_decay=20.0)
+    method, model = injected(name, kl_period="epoch", optimization="elbo")
+    main = method.build_optimization(model, train, CONTEXT).optimizers["main"]
+    decay_of = {id(p): g["weight_decay"] for g in main.param_groups for p in g["params"]}
+    stds = [p for n, p in model.named_parameters() if any(s in n for s in method.std_parameters)]
+    assert stds and {decay_of[id(p)] for p in stds} == {0.0}
+    means = _named(model, "lora_A.") | _named(model, "lora_B.")
+    assert {decay_of[id(p)] for p in means.values()} == {20.0}
 
 
 def test_blob_mean_weight_decay_zero_keeps_a_mean_where_decay_would_shrink_it():

@@ -10,7 +10,7 @@ a Laplace distribution (posterior and prior) with its own closed-form KL.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,20 +93,29 @@ def require_mean_weight_decay(value: float | None) -> None:
 
 
 def decay_groups(
-    params: list[nn.Parameter], means: list[nn.Parameter], decay: float, mean_decay: float | None
+    params: list[nn.Parameter],
+    means: list[nn.Parameter],
+    decay: float,
+    mean_decay: float | None,
+    stds: Sequence[nn.Parameter] = (),
 ) -> list[dict[str, Any]]:
-    """AdamW parameter groups: ``params`` at ``decay``, except the posterior ``means`` at ``mean_decay`` if given.
+    """AdamW parameter groups: ``params`` at ``decay``, except the posterior ``means`` at ``mean_decay`` if given,
+    and the posterior ``stds`` (ELBO mode) at 0.
 
     With a KL on A already pulling its means to the prior, ``train.weight_decay`` can be meant as a Gaussian
-    prior on the deterministic factor alone (B); ``mean_weight_decay = 0`` says so.
+    prior on the deterministic factor alone (B); ``mean_weight_decay = 0`` says so. A decay on rho is no prior
+    at all, only a pull of the std towards 0 against the KL, so the std parameters never take one.
     """
+    mean_ids, std_ids = {id(p) for p in means}, {id(p) for p in stds}
+    rest = [p for p in params if id(p) not in std_ids]
     if mean_decay is None:
-        return [{"params": params, "weight_decay": decay}]
-    mean_ids = {id(p) for p in means}
-    groups = [
-        {"params": [p for p in params if id(p) not in mean_ids], "weight_decay": decay},
-        {"params": [p for p in params if id(p) in mean_ids], "weight_decay": mean_decay},
-    ]
+        groups = [{"params": rest, "weight_decay": decay}]
+    else:
+        groups = [
+            {"params": [p for p in rest if id(p) not in mean_ids], "weight_decay": decay},
+            {"params": [p for p in rest if id(p) in mean_ids], "weight_decay": mean_decay},
+        ]
+    groups.append({"params": list(stds), "weight_decay": 0.0})
     return [g for g in groups if g["params"]]
 
 
@@ -311,7 +320,7 @@ class BlobLora(Method):
         }
         adamw = torch.optim.AdamW
         if cfg.optimization == BlobOptimization.ELBO:
-            groups = decay_groups(lora_params + rho_params, mean_params, train.weight_decay, cfg.mean_weight_decay)
+            groups = decay_groups(lora_params, mean_params, train.weight_decay, cfg.mean_weight_decay, rho_params)
             optimizer = adamw(groups, lr=train.lr, eps=train.adam_eps)
             optimizers = {"main": optimizer}
         else:
