@@ -10,6 +10,7 @@ and their predictions in ``calibration_study_predictions.json.gz`` beside it (``
 across sessions and machines: ``run`` skips every (backbone, dataset, seed) whose methods are all
 recorded, and re-running a killed ``compare`` resumes its unfinished runs.
 
+    python benchmarks/calibration_study.py status                                 # what is recorded, what is not
     python benchmarks/calibration_study.py run --backbone minilm-l6 --jobs 1      # run what is missing
     python benchmarks/calibration_study.py collect                                # record finished runs
     python benchmarks/calibration_study.py report --figures docs/figures          # tables + figures
@@ -646,6 +647,16 @@ def grid_gaps(spec: dict[str, Any], backbone: str, recorded: set[str]) -> list[s
     return out
 
 
+def status(spec: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    """Every backbone's grid coverage (``grid_gaps``), without the report's bootstraps and figures."""
+    recorded = {record_key(r) for r in results["runs"]}
+    lines = []
+    for backbone in spec["backbones"]:
+        lines.append(f"{backbone}:")
+        lines.extend(grid_gaps(spec, backbone, recorded))
+    return lines
+
+
 def blob_target(blob: dict[str, float], mle: dict[str, float]) -> tuple[float, float, float, bool]:
     """ECE and NLL ratios to MLE, the ACC difference, and whether issue 12's BLoB target holds."""
     ece, nll, dacc = blob["ece"] / mle["ece"], blob["nll"] / mle["nll"], blob["acc"] - mle["acc"]
@@ -844,6 +855,9 @@ def parse_args() -> argparse.Namespace:
     run.add_argument(
         "--extra", nargs="+", default=[], metavar="KEY=VALUE", help="overrides added to every unit (after the spec's)"
     )
+    status_parser = sub.add_parser("status", help="how much of the grid is recorded and what each dataset lacks")
+    status_parser.add_argument("--out", default=str(RESULTS), help="the results JSON")
+    status_parser.add_argument("--spec", type=Path, default=SPEC, help="the grid (default: %(default)s)")
     merge_parser = sub.add_parser("merge", help="add the runs of other results files (e.g. from a GPU machine)")
     merge_parser.add_argument("sources", nargs="+", type=Path, help="results JSON files, predictions beside each")
     merge_parser.add_argument("--out", default=str(RESULTS))
@@ -876,6 +890,9 @@ def main() -> None:
         return
     if args.command == "merge":
         merge(args.sources, Path(args.out))
+        return
+    if args.command == "status":
+        print("\n".join(status(load_spec(args.spec), load_results(Path(args.out)))))
         return
     if args.command == "add-probes":
         add_probes(args.source, args.to, args.name)

@@ -330,3 +330,15 @@ def test_grid_gaps_name_each_planned_run_not_yet_recorded(study):
     everything = recorded | {study.run_key("b", "e", m, s) for m in ("mle", "blob") for s in (1, 2)}
     everything.add(study.run_key("b", "e", "map", 1))
     assert study.grid_gaps(spec, "b", everything) == ["- grid: 10 of 10 planned runs recorded"]
+
+
+def test_status_counts_the_real_grid_against_a_results_file(tmp_path):
+    """`status` on an empty results file: every planned run of each backbone is still to run."""
+    (tmp_path / "r.json").write_text('{"runs": []}', encoding="utf-8")
+    command = [sys.executable, str(SCRIPT), "status", "--out", str(tmp_path / "r.json")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # minilm-l6: 9 methods x 3 seeds x 5 datasets; smollm2-135m: MLE and BLoB on 2 seeds, the other 7 on one
+    assert "minilm-l6:" in lines and "- grid: 0 of 135 planned runs recorded; still to run:" in lines
+    assert "smollm2-135m:" in lines and "- grid: 0 of 55 planned runs recorded; still to run:" in lines
