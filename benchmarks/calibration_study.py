@@ -491,6 +491,7 @@ def report(args: argparse.Namespace) -> None:
     results = load_results(Path(args.out))
     store = load_predictions_store(predictions_path(Path(args.out)))
     groups = grouped(results["runs"])
+    recorded = {record_key(r) for r in results["runs"]}
     spec = load_spec(args.spec)
     summary: dict[str, Any] = {}
     for backbone, grid in spec["backbones"].items():
@@ -527,7 +528,7 @@ def report(args: argparse.Namespace) -> None:
                     "delta_vs_mle": deltas,
                 }
         lines.extend(targets(backbone, datasets, groups, spec["methods"], store, args.resamples))
-        lines.extend(grid_gaps(spec, backbone, {record_key(r) for r in results["runs"]}))
+        lines.extend(grid_gaps(spec, backbone, recorded))
     if args.figures:
         figures = Path(args.figures)
         for backbone, grid in spec["backbones"].items():
@@ -630,13 +631,12 @@ def grid_gaps(spec: dict[str, Any], backbone: str, recorded: set[str]) -> list[s
     if not missing:
         return out
     out[0] += "; still to run:"
+    lacking: dict[str, dict[str, list[int]]] = {}
+    for dataset, method, seed in missing:
+        lacking.setdefault(dataset, {}).setdefault(method, []).append(seed)
     for dataset in spec["backbones"][backbone]["datasets"]:
-        lacking: dict[str, list[int]] = {}
-        for d, method, seed in missing:
-            if d == dataset:
-                lacking.setdefault(method, []).append(seed)
         by_seeds: dict[tuple[int, ...], list[str]] = {}
-        for method, seeds in lacking.items():
+        for method, seeds in lacking.get(dataset, {}).items():
             by_seeds.setdefault(tuple(sorted(seeds)), []).append(method)
         parts = [
             f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} of {', '.join(methods)}"

@@ -99,21 +99,20 @@ def decay_groups(
     mean_decay: float | None,
     stds: Sequence[nn.Parameter] = (),
 ) -> list[dict[str, Any]]:
-    """AdamW parameter groups: ``params`` at ``decay``, except the posterior ``means`` at ``mean_decay`` if given,
-    and the posterior ``stds`` (ELBO mode) at 0.
+    """AdamW parameter groups: ``params`` at ``decay``, except the posterior ``means`` at ``mean_decay`` if given;
+    the posterior ``stds`` (ELBO mode, not among ``params``) at 0.
 
     With a KL on A already pulling its means to the prior, ``train.weight_decay`` can be meant as a Gaussian
     prior on the deterministic factor alone (B); ``mean_weight_decay = 0`` says so. A decay on rho is no prior
     at all, only a pull of the std towards 0 against the KL, so the std parameters never take one.
     """
-    mean_ids, std_ids = {id(p) for p in means}, {id(p) for p in stds}
-    rest = [p for p in params if id(p) not in std_ids]
     if mean_decay is None:
-        groups = [{"params": rest, "weight_decay": decay}]
+        groups = [{"params": list(params), "weight_decay": decay}]
     else:
+        mean_ids = {id(p) for p in means}
         groups = [
-            {"params": [p for p in rest if id(p) not in mean_ids], "weight_decay": decay},
-            {"params": [p for p in rest if id(p) in mean_ids], "weight_decay": mean_decay},
+            {"params": [p for p in params if id(p) not in mean_ids], "weight_decay": decay},
+            {"params": [p for p in params if id(p) in mean_ids], "weight_decay": mean_decay},
         ]
     groups.append({"params": list(stds), "weight_decay": 0.0})
     return [g for g in groups if g["params"]]
