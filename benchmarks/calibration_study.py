@@ -283,6 +283,7 @@ def run_record(unit: Unit, method: str, run_dir: Path, work: Path, device: str) 
     per_epoch = unit.train_examples // _batch_size(unit.overrides)
     last_epoch = [r["nll"] for r in records[-per_epoch:]]
     trained = method not in ("laplace", "tfb", "temperature")
+    resumed_at = payload.get("train", {}).get("resumed_from_step", 0)
     record = {
         "backbone": unit.backbone,
         "dataset": unit.dataset,
@@ -303,6 +304,7 @@ def run_record(unit: Unit, method: str, run_dir: Path, work: Path, device: str) 
         "wall_s": round((run_dir / "metrics.json").stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime, 1),
         "device": device,
         **({"extra": " ".join(unit.extra)} if unit.extra else {}),
+        **({"resumed_at_step": resumed_at} if resumed_at else {}),  # wall_s then covers the last process only
     }
     predictions = {
         "ids": [r["id"] for r in rows],

@@ -52,6 +52,7 @@ def test_paused_and_resumed_run_equals_uninterrupted(tmp_path, tiny_llama_dir, s
     assert paused == {"status": "paused", "step": 3}
     assert not (tmp_path / "chunked" / "metrics.json").exists()
     resumed = Trainer(config, tmp_path / "chunked", progress=False, resume=True).run_training()
+    assert (straight["train"]["resumed_from_step"], resumed["train"]["resumed_from_step"]) == (0, 3)
 
     a, b = adapter_tensors(tmp_path / "straight"), adapter_tensors(tmp_path / "chunked")
     assert a.keys() == b.keys()

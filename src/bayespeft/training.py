@@ -353,7 +353,7 @@ class Trainer:
             logger.info("stopped at step %d of %d; continue with --resume", end_step, config.train.max_steps)
             self._finish_tracking()
             return {"status": "paused", "step": end_step}
-        payload = self._finish(session, model, eval_examples, optimization, step_times)
+        payload = self._finish(session, model, eval_examples, optimization, step_times, start_step)
         if self.run != self.target and acc.is_main_process:
             self.target.replace_with(self.run)  # the finished rerun replaces the old run only now
         self.run = self.target
@@ -593,6 +593,7 @@ class Trainer:
         eval_examples: list[Example],
         optimization: Optimization,
         step_times: list[float],
+        start_step: int,
     ) -> dict[str, Any]:
         config, acc, method = self.config, self._acc, session.method
         if acc.is_main_process:
@@ -613,6 +614,7 @@ class Trainer:
         payload["train"] = {
             "steps": config.train.max_steps,
             "steps_this_session": len(step_times),
+            "resumed_from_step": start_step,  # > 0: this process continued a checkpoint; its timings are its own
             "mean_step_time_s": statistics.fmean(step_times) if step_times else None,
             "median_step_time_s": statistics.median(step_times) if step_times else None,
             "peak_memory_mb": peak_memory_mb(),

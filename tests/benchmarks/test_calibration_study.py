@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 import subprocess
 import sys
@@ -173,23 +174,37 @@ def test_two_processes_recording_into_one_results_file_lose_nothing(study, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.json", "study_predictions.json.gz"]
 
 
+def finished_blob_run(study, unit, work: Path, train: dict | None = None) -> Path:
+    """A run folder of ``unit``'s BLoB run as a finished run leaves it (``train``: metrics.json's train block)."""
+    run_dir = study.unit_dir(unit, work) / "runs" / "method=blob__data=d__seed=1"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text("{}\n")
+    (run_dir / "predictions.jsonl").write_text('{"id": 0, "label": 1, "probs": [0.25, 0.75]}\n')
+    metrics = {"acc": 1.0, "ece": 0.25, "nll": 0.29, "brier": 0.125, "num_examples": 1}
+    payload = {"metrics": metrics, "split": "test", "n_samples": 10, **({"train": train} if train else {})}
+    (run_dir / "metrics.json").write_text(json.dumps(payload))
+    return run_dir
+
+
 def test_extra_overrides_reach_the_command_and_name_the_record(study, tmp_path):
     """`run --extra` appends its overrides after the spec's and records them as the run's `extra`."""
     unit = study.Unit("b", "d", 1, ("blob",), ("train.batch_size=4",), 2, 8, 4, extra=("method.kl_lr=0.05",))
     assert study.compare_command(unit, tmp_path)[-2:] == ["train.batch_size=4", "method.kl_lr=0.05"]
-    run_dir = study.unit_dir(unit, tmp_path) / "runs" / "method=blob__data=d__seed=1"
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text("{}\n")
-    (run_dir / "predictions.jsonl").write_text('{"id": 0, "label": 1, "probs": [0.25, 0.75]}\n')
-    (run_dir / "metrics.json").write_text(
-        '{"metrics": {"acc": 1.0, "ece": 0.25, "nll": 0.29, "brier": 0.125, "num_examples": 1},'
-        ' "split": "test", "n_samples": 10}'
-    )
+    run_dir = finished_blob_run(study, unit, tmp_path)
     record, _ = study.run_record(unit, "blob", run_dir, tmp_path, "cpu")
     assert record["extra"] == "method.kl_lr=0.05"
     assert record["command"].endswith("train.batch_size=4 method.kl_lr=0.05")
     plain, _ = study.run_record(study.dataclasses.replace(unit, extra=()), "blob", run_dir, tmp_path, "cpu")
     assert "extra" not in plain
+
+
+def test_a_resumed_run_says_where_its_wall_time_starts(study, tmp_path):
+    """wall_s spans the last process only, so a run resumed from a checkpoint records the step it resumed at."""
+    unit = study.Unit("b", "d", 1, ("blob",), ("train.batch_size=4",), 2, 8, 4)
+    straight = finished_blob_run(study, unit, tmp_path, {"steps": 4, "resumed_from_step": 0})
+    assert "resumed_at_step" not in study.run_record(unit, "blob", straight, tmp_path, "cpu")[0]
+    resumed = finished_blob_run(study, unit, tmp_path, {"steps": 4, "resumed_from_step": 2})
+    assert study.run_record(unit, "blob", resumed, tmp_path, "cpu")[0]["resumed_at_step"] == 2
 
 
 def probe_run(method: str, extra: str | None) -> dict:
