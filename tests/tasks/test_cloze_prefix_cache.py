@@ -220,6 +220,29 @@ def test_laplace_jacobians_are_those_of_the_per_row_pass(tiny_llama_dir, tokeniz
         torch.testing.assert_close(layer.weight_jac, expected_jac[name].weight_jac, rtol=0, atol=0)
 
 
+def test_laplace_jacobians_from_one_backward_pass_are_each_logits_gradient(tiny_llama_dir, tokenizer):
+    """Cloze rows feed one class each, so one backward pass serves every class: each example's Jacobian of
+    each class logit must still be that logit's own gradient, and a choice the question lacks has none."""
+    model, _ = bayesian_model(tiny_llama_dir, "mle")
+    task = ClozeMultipleChoiceTask(tokenizer, max_length=64, prefix_cache=False)
+    collated = task.collate(task.encode(EXAMPLES))
+    modules = lora_linears(model)
+    _, jac = jacobian_pass(model, task, collated, modules)
+    logits = task.per_row_logits(model, collated)
+    weights = [module.weight for module in modules.values()]
+    for example, present in enumerate(collated["num_choices"].tolist()):
+        for choice in range(task.num_classes):
+            if choice >= present:
+                assert all(not layer.weight_jac[example, choice].any() for layer in jac.values())
+                continue
+            grads = torch.autograd.grad(logits[example, choice], weights, retain_graph=True, allow_unused=True)
+            for (name, module), grad in zip(modules.items(), grads, strict=True):
+                expected = torch.zeros_like(module.weight) if grad is None else grad
+                torch.testing.assert_close(
+                    jac[name].weight_jac[example, choice].float(), expected, atol=1e-5, rtol=1e-4
+                )
+
+
 @pytest.mark.parametrize("cached", [True, False])
 def test_the_run_config_chooses_the_cloze_pass(tiny_llama_dir, cached):
     overrides = [f"model.name={tiny_llama_dir}", "method.name=blob", "data.mc_scoring=cloze"]

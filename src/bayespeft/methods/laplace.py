@@ -17,8 +17,8 @@ A trained mle/map adapter is loaded; the method then fits, without training:
   never trained on (``val_data: unseen``): after many epochs the adapter has memorised its training set,
   whose NLL then rewards the smallest posterior variance whatever the held-out data say;
 * the linearised (GLM) predictive: f_mu = the MAP class logits, f_var = J Sigma J^T with J the
-  per-example Jacobian of the C logits w.r.t. the LoRA parameters (C backward passes), sampled
-  as softmax(f_mu + sqrt(f_var) z).
+  per-example Jacobian of the C logits w.r.t. the LoRA parameters (C backward passes; one for cloze
+  scoring, whose rows each feed one class), sampled as softmax(f_mu + sqrt(f_var) z).
 
 ``predictive_samples`` returns ``link_samples`` logit draws per example whenever the evaluation
 asks for samples (n_samples > 0; drawing logits costs nothing next to the one Jacobian pass, so
@@ -226,10 +226,13 @@ class LayerJacobian:
 def jacobian_pass(
     model: nn.Module, task: Any, batch: dict[str, torch.Tensor], modules: dict[str, nn.Linear]
 ) -> tuple[torch.Tensor, dict[str, LayerJacobian]]:
-    """Class logits [B, C] at the MAP and every LoRA linear's per-example Jacobian (C backward passes).
+    """Class logits [B, C] at the MAP and every LoRA linear's per-example Jacobian.
 
     The hooks read one forward call per module, so a task that splits its pass in two (cloze scoring
     from a shared-prefix cache) is scored through its single-call ``per_row_logits`` (same logits).
+    When every model row feeds one class logit (a batch with ``slots``: cloze scoring), the rows are
+    independent sequences, so one backward pass of the summed logits gives each row's gradient of its
+    own class; otherwise each class takes its own backward pass (C of them).
     """
     inputs: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
@@ -248,23 +251,26 @@ def jacobian_pass(
         with torch.enable_grad():
             logits = getattr(task, "per_row_logits", task.class_logits)(model, batch).float()
             names = [name for name in modules if name in outputs and outputs[name].requires_grad]
-            grads_per_class = []
-            for c in range(logits.shape[1]):
-                grads = torch.autograd.grad(
-                    logits[:, c].sum(),
+            rows = inputs[names[0]].shape[0] if names else 0
+            slots = one_class_rows(batch, rows)
+            targets = [logits.flatten()[slots.to(logits.device)]] if slots is not None else list(logits.T)
+            grads_per_target = [
+                torch.autograd.grad(
+                    target.sum(),
                     [outputs[name] for name in names],
-                    retain_graph=c < logits.shape[1] - 1,
+                    retain_graph=index < len(targets) - 1,
                     allow_unused=True,
                 )
-                grads_per_class.append(grads)
+                for index, target in enumerate(targets)
+            ]
     finally:
         for handle in handles:
             handle.remove()
         for weight in frozen:
             weight.requires_grad_(False)
     mask = batch.get("attention_mask")
-    examples = logits.shape[0]
-    owners = row_owners(batch, inputs[names[0]].shape[0], examples) if names else None
+    examples, classes = logits.shape
+    owners = row_owners(batch, rows, examples) if names else None
     result: dict[str, LayerJacobian] = {}
     for index, name in enumerate(names):
         a = inputs[name].double()
@@ -274,10 +280,10 @@ def jacobian_pass(
                 torch.zeros(*a.shape[:2], modules[name].out_features, dtype=torch.float64, device=a.device)
                 if grads[index] is None
                 else grads[index].double().reshape(a.shape[0], a.shape[1], -1)
-                for grads in grads_per_class
+                for grads in grads_per_target
             ],
             dim=1,
-        )  # [R, C, T, d_out]
+        )  # [R, targets, T, d_out]
         if mask is not None and mask.shape[-1] == a.shape[1] and a.shape[1] > 1:
             weights = mask.to(a.device, torch.float64)
         else:
@@ -285,10 +291,23 @@ def jacobian_pass(
         here = owners.to(a.device)
         summed_a = _sum_rows((a * weights.unsqueeze(-1)).sum(1), here, examples)
         mean_a = summed_a / _sum_rows(weights.sum(1, keepdim=True), here, examples).clamp_min(1)
-        out_grads = _sum_rows(g.sum(2), here, examples)
-        weight_jac = _sum_rows(torch.einsum("rcto,rti->rcoi", g, a), here, examples)
+        out_grads = g.sum(2)
+        weight_jac = torch.einsum("rcto,rti->rcoi", g, a)
+        if slots is None:
+            out_grads, weight_jac = _sum_rows(out_grads, here, examples), _sum_rows(weight_jac, here, examples)
+        else:  # each row's one target is its own class: place it at its slot of the [B, C] grid
+            out_grads, weight_jac = (
+                _place_rows(part[:, 0], slots, examples, classes) for part in (out_grads, weight_jac)
+            )
         result[name] = LayerJacobian(mean_a, out_grads, weight_jac)
     return logits.detach(), result
+
+
+def one_class_rows(batch: dict[str, torch.Tensor], rows: int) -> torch.Tensor | None:
+    """Each model row's index into the flattened [B, C] class logits, when every row feeds exactly one
+    class logit (cloze scoring's ``slots``, one per row); None when rows feed several classes."""
+    slots = batch.get("slots")
+    return slots if slots is not None and slots.numel() == rows else None
 
 
 def row_owners(batch: dict[str, torch.Tensor], rows: int, examples: int) -> torch.Tensor:
@@ -309,6 +328,12 @@ def _sum_rows(values: torch.Tensor, owners: torch.Tensor, examples: int) -> torc
     if values.shape[0] == examples:
         return values
     return values.new_zeros(examples, *values.shape[1:]).index_add_(0, owners, values)
+
+
+def _place_rows(values: torch.Tensor, slots: torch.Tensor, examples: int, classes: int) -> torch.Tensor:
+    """Per-row values [R, ...] placed at their slots of an [examples, classes, ...] grid (zeros elsewhere)."""
+    grid = values.new_zeros(examples * classes, *values.shape[1:])
+    return grid.index_add_(0, slots.to(values.device), values).view(examples, classes, *values.shape[1:])
 
 
 # ---- the method -------------------------------------------------------------------------------------
